@@ -122,4 +122,9 @@ def test_bad_inputs(baby, tmp_path):
     assert r.returncode == 0
     empty = next((tmp_path/'ds').iterdir())
     assert "no 'validation' split" in one_error_line(run('wm_eval', exp/'final', '--dataset', empty, cwd=tmp_path), 'wm_eval')
+    r = run('wm_dataset', 'loc', '--n_train', '0', '--n_val', '0', '--out', tmp_path/'ds0', cwd=tmp_path)
+    assert r.returncode == 0
+    zero = next((tmp_path/'ds0').iterdir())
+    assert "split 'train' is empty" in one_error_line(run('wm_eval', exp/'final', '--dataset', zero, '--split', 'train', cwd=tmp_path), 'wm_eval')
+    assert 'train split is empty' in one_error_line(run('wm_train', 'baby', '--name', 'z', '--data.dataset', zero, cwd=tmp_path), 'wm_train')
     assert not (tmp_path/'outputs'/'experiments'/'nothing').exists()
