@@ -122,9 +122,18 @@ def test_bad_inputs(baby, tmp_path):
     assert r.returncode == 0
     empty = next((tmp_path/'ds').iterdir())
     assert "no 'validation' split" in one_error_line(run('wm_eval', exp/'final', '--dataset', empty, cwd=tmp_path), 'wm_eval')
-    r = run('wm_dataset', 'loc', '--n_train', '0', '--n_val', '0', '--out', tmp_path/'ds0', cwd=tmp_path)
-    assert r.returncode == 0
-    zero = next((tmp_path/'ds0').iterdir())
-    assert "split 'train' is empty" in one_error_line(run('wm_eval', exp/'final', '--dataset', zero, '--split', 'train', cwd=tmp_path), 'wm_eval')
-    assert 'train split is empty' in one_error_line(run('wm_train', 'baby', '--name', 'z', '--data.dataset', zero, cwd=tmp_path), 'wm_train')
+    assert 'train split would be empty' in one_error_line(run('wm_dataset', 'loc', '--n_train', '0', '--out', tmp_path/'ds0', cwd=tmp_path), 'wm_dataset')
+    assert not (tmp_path/'ds0').exists() or not any((tmp_path/'ds0').iterdir())
     assert not (tmp_path/'outputs'/'experiments'/'nothing').exists()
+
+def test_empty_split_is_one_clear_error(baby):
+    "A dataset whose evaluation split has no rows (made elsewhere) is refused by name, not scored as 0/0."
+    from datasets import Dataset, DatasetDict
+    from wm_nb.core import WMError
+    from wm_nb.evaluate import evaluate_split, load_model
+    from wm_nb.tasks import load_task_dataset
+    exp = baby/'outputs'/'experiments'/'baby'
+    dsd, man, cities = load_task_dataset(json.loads((exp/'wm_dataset.json').read_text())['path'])
+    dsd['validation'] = dsd['validation'].select([])
+    model, tok = load_model(exp/'final')
+    with pytest.raises(WMError, match="split 'validation' is empty"): evaluate_split(model, tok, dsd, man, cities, 'validation')
