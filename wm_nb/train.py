@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_train.ipynb #220a902e
 from __future__ import annotations
-import os, sys, math, json, time, shutil
+import os, sys, math, json, time, shutil, itertools
 from pathlib import Path
 import numpy as np, torch
 from fastcore.script import anno_parser, Param
@@ -27,7 +27,7 @@ def build_model(cfg:ExperimentConfig, tok):
     qcfg = LlamaConfig(attention_bias=True, mlp_bias=False,vocab_size=len(tok), hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
                        num_attention_heads=m.num_attention_heads, num_key_value_heads=m.num_key_value_heads,
                        intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings,
-                       rope_theta=m.rope_theta, tie_word_embeddings=m.tie_word_embeddings,
+                       rope_theta=m.rope_theta, tie_word_embeddings=m.tie_word_embeddings, attn_implementation=m.attn_implementation,
                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(cfg.train.seed)
     return LlamaForCausalLM(qcfg)
@@ -49,15 +49,16 @@ class AnswerOnlyCollator:
     "Pad a batch to its longest sequence; labels are the token ids on completion tokens and `-100` elsewhere."
     def __init__(self, pad_id:int, pad_to:int|None=None): self.pad_id, self.pad_to = pad_id, pad_to
     def __call__(self, feats):
-        width = self.pad_to or max(len(f['input_ids']) for f in feats)
-        ids = torch.full((len(feats), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(feats), width), -100, dtype=torch.long)
-        att = torch.zeros((len(feats), width), dtype=torch.long)
-        for k, f in enumerate(feats):
-            n = len(f['input_ids']); t = torch.as_tensor(f['input_ids'])
-            ids[k, :n] = t; att[k, :n] = 1
-            labels[k, f['prompt_len']:n] = t[f['prompt_len']:]
-        return dict(input_ids=ids, attention_mask=att, labels=labels)
+        n = len(feats)
+        lens = np.fromiter((len(f['input_ids']) for f in feats), np.int64, n)
+        plen = np.fromiter((f['prompt_len'] for f in feats), np.int64, n)
+        width = self.pad_to or int(lens.max())
+        col = np.arange(width)
+        real = col < lens[:, None]                      # right padding: row-major order of the real tokens
+        ids = np.full((n, width), self.pad_id, np.int64)
+        ids[real] = np.fromiter(itertools.chain.from_iterable(f['input_ids'] for f in feats), np.int64, int(lens.sum()))
+        labels = np.where(real & (col >= plen[:, None]), ids, -100)
+        return dict(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(real.astype(np.int64)), labels=torch.from_numpy(labels))
 
 # %% ../nbs/11_train.ipynb #60c73d8b
 def resolve_data(cfg:ExperimentConfig):
@@ -179,7 +180,7 @@ def train_experiment(cfg:ExperimentConfig, resume:bool=False, overwrite:bool=Fal
     args0 = TrainingArguments(output_dir=str(ckpt_dir), use_cpu=not torch.cuda.is_available(), report_to='none')
     with args0.main_process_first(desc='dataset'):
         dsd, man, cities, tok, data_path = resolve_data(cfg)
-        tds = tokenize_dataset(dsd, tok)
+        tds = tokenize_dataset(dsd, tok).select_columns(['input_ids', 'prompt_len', 'length'])  # only what the collator reads
     if rank == 0:
         exp.mkdir(parents=True, exist_ok=True); save_config(cfg, exp/'config.yaml')
     lengths = np.array(tds['train']['length'])
@@ -195,6 +196,7 @@ def train_experiment(cfg:ExperimentConfig, resume:bool=False, overwrite:bool=Fal
         logging_steps=t.logging_steps, logging_first_step=True, report_to=report_to, run_name=cfg.name,
         seed=t.seed, data_seed=t.seed, use_cpu=not torch.cuda.is_available(), remove_unused_columns=False,
         train_sampling_strategy='group_by_length' if t.group_by_length else 'random', length_column_name='length',
+        optim=t.optim, torch_compile=t.compile,
         dataloader_num_workers=t.num_workers, disable_tqdm=not progress, save_only_model=False,
         ddp_find_unused_parameters=False, ddp_backend='gloo' if not torch.cuda.is_available() and world > 1 else None)
     set_seed(t.seed)
