@@ -54,7 +54,7 @@ def test_wm_data_small_writes_everything(small_run):
     for f in expected:
         if f.endswith('.png'): assert_png(out/f)
     assert sorted(p.name for p in (out/'datasets').iterdir()) == \
-        ['dist_100kplus_2000_42', 'loc_100kplus_all_42', 'srd200_100kplus_2000_42']
+        ['dist_100kplus_2000_42', 'loc_100kplus_all_42', 'mix200h500_100kplus_2000_42', 'srd200_100kplus_2000_42']
     # no temporary folders left behind anywhere
     assert not [p for p in out.rglob('*') if '.tmp-' in p.name or '.old-' in p.name]
 
@@ -80,12 +80,13 @@ def test_wm_data_small_cities_and_analysis(small_run, default_cities):
     ('loc_100kplus_all_42', 'location', N_CITIES, 128, r'loc\(c_\d+\)=\d+,\d+'),
     ('dist_100kplus_2000_42', 'distance', 2000, 100, r'dist\(c_\d+,c_\d+\)=\d+'),
     ('srd200_100kplus_2000_42', 'walk', 2000, 100, r'srd_200=c_\d+(,c_\d+)*'),
+    ('mix200h500_100kplus_2000_42', 'mix', 2000 + N_CITIES - 500, 128, r'srd_200=c_\d+(,c_\d+)*|loc\(c_\d+\)=\d+,\d+'),
 ])
 def test_wm_data_small_datasets(small_run, name, task, n_train, n_val, pattern):
     out, _ = small_run
     dsd, man, cities = load_task_dataset(out/'datasets'/name)
     assert man['task'] == task
-    assert man['counts'] == {'train': n_train, 'validation': n_val}
+    assert man['counts'] == {'train': n_train, 'validation': n_val, **({'heldout': 500} if task == 'mix' else {})}
     assert {k: v.num_rows for k, v in dsd.items()} == man['counts']
     assert man['cities']['n'] == len(cities) == N_CITIES
     for split in dsd:
@@ -93,6 +94,9 @@ def test_wm_data_small_datasets(small_run, name, task, n_train, n_val, pattern):
         assert all(re.fullmatch(pattern, t) for t in texts), f"{name}/{split}: a text breaks the format"
     if task == 'location':
         assert sorted(dsd['train']['city']) == list(range(N_CITIES))    # --all: every city exactly once
+    if task == 'mix':      # locations of every city but the held-out ones, which are all in 'heldout'
+        tr = dsd['train'].to_pandas()
+        assert sorted(tr.loc[tr.task == 'loc', 'city'].tolist() + dsd['heldout']['city']) == list(range(N_CITIES))
     if task == 'walk':
         for split in dsd:
             ws = dsd[split]['cities']
@@ -133,12 +137,14 @@ def test_wm_data_default_sizes(default_run):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     ds = cwd/'outputs'/'datasets'
-    assert sorted(p.name for p in ds.iterdir()) == ['dist_100kplus_100000_42', 'loc_100kplus_all_42', 'srd200_100kplus_100000_42']
+    assert sorted(p.name for p in ds.iterdir()) == ['dist_100kplus_100000_42', 'loc_100kplus_all_42', 'mix200h500_100kplus_100000_42', 'srd200_100kplus_100000_42']
     for name, n_train, n_val in [('loc_100kplus_all_42', N_CITIES, 128), ('dist_100kplus_100000_42', 100_000, 1000),
                                  ('srd200_100kplus_100000_42', 100_000, 1000)]:
         dsd, man, _ = load_task_dataset(ds/name)
         assert dsd['train'].num_rows == n_train and dsd['validation'].num_rows == n_val, name
         assert man['counts'] == {'train': n_train, 'validation': n_val}, name
+    dsd, man, _ = load_task_dataset(ds/'mix200h500_100kplus_100000_42')
+    assert man['counts'] == {'train': 100_000 + N_CITIES - 500, 'validation': 128, 'heldout': 500}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -146,7 +152,7 @@ def test_wm_data_default_sizes(default_run):
 
 @pytest.mark.parametrize('prog,phrases', [
     ('wm_analyze', ['neighbour radius in km', 'keep cities with at least this population', '--radius_km']),
-    ('wm_dataset', ['hop limit T in km', 'number of training samples', 'replace an existing dataset folder', 'loc, dist or walk']),
+    ('wm_dataset', ['hop limit T in km', 'number of training samples', 'replace an existing dataset folder', 'loc, dist, walk or mix']),
     ('wm_data', ['comma-separated datasets to make', 'training walks', 'validation cities of the location dataset']),
 ])
 def test_help(cli, tmp_path, prog, phrases):
