@@ -166,6 +166,9 @@ def _checkpoints(d:Path)->list[Path]:
 
 def train_experiment(cfg:ExperimentConfig, resume:bool=False, overwrite:bool=False, progress:bool=True)->dict:
     "Train and evaluate one experiment; returns its final metrics (also written to `metrics.json`)."
+    if cfg.data.task == 'arxiv':   # --- arxiv K-category experiment (issue 7): random windows, same trainer pieces ---
+        from wm_nb.arxiv_train import train_arxiv
+        return train_arxiv(cfg, resume, overwrite, progress)
     from transformers import TrainingArguments, set_seed
     exp = Path(cfg.out_dir)/cfg.name
     ckpt_dir = exp/'checkpoints'
