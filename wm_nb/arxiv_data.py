@@ -271,12 +271,13 @@ def _fs(url:str):
     except ValueError as e: raise WMError(f"{url}: {e}") from None
 
 def upload_prepared(folder:str|Path, # a prepared folder
-                    url:str):        # destination, e.g. s3://bucket/prefix or file:///path
+                    url:str,         # destination, e.g. s3://bucket/prefix or file:///path
+                    progress:bool=True):
     "Copy a prepared folder to `url` (checked first; files are replaced)."
     folder = Path(folder); Prepared(folder)
     fs, root = _fs(url)
     files = [p for p in sorted(folder.rglob('*')) if p.is_file()]
-    for p in tqdm(files, desc='upload', leave=False):
+    for p in tqdm(files, desc='upload', leave=False, disable=not progress):
         dest = f"{root.rstrip('/')}/{p.relative_to(folder).as_posix()}"
         fs.makedirs(dest.rsplit('/', 1)[0], exist_ok=True)
         fs.put_file(str(p), dest)
@@ -284,7 +285,7 @@ def upload_prepared(folder:str|Path, # a prepared folder
 
 def download_prepared(url:str,          # source, e.g. s3://bucket/prefix
                       out:str|Path,     # local prepared folder to (re)place
-                      overwrite:bool=False)->Path:
+                      overwrite:bool=False, progress:bool=True)->Path:
     "Fetch a prepared folder from `url` into `out`, atomically, and check it."
     fs, root = _fs(url)
     root = root.rstrip('/')
@@ -292,7 +293,7 @@ def download_prepared(url:str,          # source, e.g. s3://bucket/prefix
     except Exception as e: raise WMError(f"cannot list {url} ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})") from None
     if not files: raise WMError(f"{url} holds no files")
     with atomic_dir(out, overwrite=overwrite) as tmpd:
-        for f in tqdm(files, desc='download', leave=False):
+        for f in tqdm(files, desc='download', leave=False, disable=not progress):
             rel = f[len(root):].lstrip('/') if f.startswith(root) else f.split(root.lstrip('/'), 1)[-1].lstrip('/')
             (tmpd/rel).parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(f, str(tmpd/rel))

@@ -142,7 +142,7 @@ def arxiv_info(path:str|Path)->dict|None:
     return read_json(f) if f else None
 
 def evaluate_arxiv_checkpoint(checkpoint:str|Path, prepared:str|Path|None=None, split:str='test', n:int|None=None,
-                              out:str|Path|None=None, batch_size:int=64, seed:int=0)->dict:
+                              out:str|Path|None=None, batch_size:int=64, seed:int=0, progress:bool=True)->dict:
     "Test (or validation) loss and perplexity of an arxiv model on its categories; written under `out`."
     from transformers import AutoModelForCausalLM
     checkpoint = Path(checkpoint)
@@ -154,7 +154,7 @@ def evaluate_arxiv_checkpoint(checkpoint:str|Path, prepared:str|Path|None=None, 
     size = (P.manifest.get('tokenizer') or {}).get('size')
     if size and model.config.vocab_size < size: raise WMError(f"{checkpoint} has a {model.config.vocab_size}-token vocabulary but {P.path} was tokenized with {size}: they do not belong together")
     if model.device.type == 'cpu' and torch.cuda.is_available(): model = model.cuda()
-    m = evaluate_windows(model, P, info['categories'], split, info['window'], n or 1024, seed, batch_size, progress=True)
+    m = evaluate_windows(model, P, info['categories'], split, info['window'], n or 1024, seed, batch_size, progress)
     m.update(checkpoint=str(checkpoint), prepared=str(P.path), categories=info['categories'])
     out = Path(out) if out else checkpoint/'eval'
     out.mkdir(parents=True, exist_ok=True)
