@@ -11,8 +11,9 @@ import yaml
 from .core import WMError
 
 # %% auto #0
-__all__ = ['DataConfig', 'ModelConfig', 'TrainConfig', 'EvalConfig', 'ExperimentConfig', 'config_keys', 'set_key', 'configs_dir',
-           'shipped_configs', 'parse_overrides', 'load_config', 'config_dict', 'save_config', 'check_config']
+__all__ = ['DataConfig', 'ModelConfig', 'TrainConfig', 'EvalConfig', 'ArxivConfig', 'ExperimentConfig', 'config_keys', 'set_key',
+           'configs_dir', 'shipped_configs', 'parse_overrides', 'load_config', 'config_dict', 'save_config',
+           'check_config']
 
 # %% ../nbs/09_config.ipynb #66d076a0
 @dataclass
@@ -77,6 +78,18 @@ class EvalConfig:
     batch_size: int = 512             # prompts per generate() call
     seed: int = 0                     # seed of the fixed sample
 
+# --- arxiv K-category experiment (issue 7): its own section, read only when data.task is 'arxiv' ---
+@dataclass
+class ArxivConfig:
+    prepared: str = 'outputs/arxiv/prepared' # prepared folder written by wm_arxiv_prep
+    k: int = 1                        # number of categories trained on
+    category_seed: int = 0            # seed of the category choice (the sets are nested in k)
+    window: int = 101                 # tokens per random window (100 predictions)
+    eval_windows: int = 512           # fixed validation windows (best-model selection)
+    test_windows: int = 1024          # fixed test windows per chosen category
+    sweep_ks: str = '1,2,4,8'         # K values of wm_arxiv_sweep, comma-separated
+# --- end arxiv ---
+
 @dataclass
 class ExperimentConfig:
     name: str = 'location'            # experiment folder name under out_dir
@@ -85,6 +98,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    arxiv: ArxivConfig = field(default_factory=ArxivConfig)   # arxiv experiment (issue 7)
 
 # %% ../nbs/09_config.ipynb #97e4bf71
 def config_keys(cfg=None, prefix='')->list[str]:
@@ -192,7 +206,13 @@ def save_config(cfg:ExperimentConfig, path:str|Path):
 def check_config(cfg:ExperimentConfig):
     "Raise a `WMError` for impossible combinations of values."
     d, t, m = cfg.data, cfg.train, cfg.model
-    if d.task not in ('loc', 'dist', 'walk', 'mix'): raise WMError(f"data.task must be loc, dist, walk or mix, got {d.task!r}")
+    if d.task not in ('loc', 'dist', 'walk', 'mix', 'arxiv'): raise WMError(f"data.task must be loc, dist, walk, mix or arxiv, got {d.task!r}")
+    if d.task == 'arxiv':   # --- arxiv K-category experiment (issue 7) ---
+        a = cfg.arxiv
+        if a.k < 1: raise WMError(f"arxiv.k must be >= 1, got {a.k}")
+        if a.window < 2 or m.max_position_embeddings < a.window: raise WMError(f"arxiv.window {a.window} must be >= 2 and <= model.max_position_embeddings {m.max_position_embeddings}")
+        if a.eval_windows < 1 or a.test_windows < 1: raise WMError("arxiv.eval_windows and arxiv.test_windows must be >= 1")
+        if t.best_metric != 'eval_loss': raise WMError(f"data.task arxiv selects the best model by validation loss: set train.best_metric to eval_loss (got {t.best_metric!r})")
     if d.task == 'mix' and d.dataset is None and (d.all or d.n_train is None):
         raise WMError("data.task mix takes its walks from data.n_train: set data.all false and data.n_train N")
     if not d.all and d.n_train is None and d.dataset is None: raise WMError("data.all is false: set data.n_train too")

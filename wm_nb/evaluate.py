@@ -288,12 +288,14 @@ def evaluate_checkpoint(checkpoint:str|Path, dataset:str|Path|None=None, split:s
 @call_parse
 def wm_eval(checkpoint:str,          # model folder: an experiment's final/ or a checkpoint-N/
             dataset:str=None,        # dataset folder (default: the one the model was trained on)
-            split:str='validation',  # split to evaluate: validation, train, or heldout (mix datasets)
+            split:str=None,          # split to evaluate: validation (default), train, or heldout (mix); arxiv models: test (default) or validation
             n:int=None,              # evaluate a fixed random sample of this size (default: all)
             out:str=None,            # output folder (default: CHECKPOINT/eval)
             batch_size:int=512,      # prompts per generate() batch
             seed:int=0):             # seed of the sample and of the random-city baseline
     "Generation on a dataset split, scored by haversine error (locations), km error (distances) or walk validity (walks), beside baselines."
     with cli_errors('wm_eval'):
-        m = evaluate_checkpoint(checkpoint, dataset, split, n, out, batch_size, seed)
+        from wm_nb.arxiv_train import arxiv_info, wm_eval_arxiv   # --- arxiv K-category models (issue 7): loss and perplexity ---
+        if arxiv_info(checkpoint) is not None: return wm_eval_arxiv(checkpoint, dataset, split or 'test', n, out, batch_size, seed)
+        m = evaluate_checkpoint(checkpoint, dataset, split or 'validation', n, out, batch_size, seed)
         print(format_metrics(m))

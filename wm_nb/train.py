@@ -172,6 +172,9 @@ def _checkpoints(d:Path)->list[Path]:
 
 def train_experiment(cfg:ExperimentConfig, resume:bool=False, overwrite:bool=False, progress:bool=True)->dict:
     "Train and evaluate one experiment; returns its final metrics (also written to `metrics.json`)."
+    if cfg.data.task == 'arxiv':   # --- arxiv K-category experiment (issue 7): random windows, same trainer pieces ---
+        from wm_nb.arxiv_train import train_arxiv
+        return train_arxiv(cfg, resume, overwrite, progress)
     from transformers import TrainingArguments, set_seed
     exp = Path(cfg.out_dir)/cfg.name
     ckpt_dir = exp/'checkpoints'
@@ -266,7 +269,7 @@ def _finish(cfg, trainer, out, secs, exp, tok, dsd, man, cities, data_path, para
     return metrics
 
 # %% ../nbs/11_train.ipynb #fa70a27f
-def _wm_train(config:Param("YAML file or shipped config name: default, location, baby, walks, distance, mix, mix_baby", str, nargs='?', opt=False)=None,
+def _wm_train(config:Param("YAML file or shipped config name: default, location, baby, walks, distance, mix, mix_baby, arxiv, arxiv_baby", str, nargs='?', opt=False)=None,
               resume:bool=False,      # continue from the last checkpoint of the experiment
               overwrite:bool=False,   # delete an existing experiment with the same name and start again
               list_configs:bool=False): # print the shipped configs and exit
