@@ -110,6 +110,16 @@ def test_download_fallback(work, tmp_path):
         assert 'download failed' in r.stderr and 'preparing locally instead' in r.stderr
         assert files(out)['tokens.bin'] == files(work/'prepared')['tokens.bin']
 
+def test_download_copy_error_is_one_clear_error(work, tmp_path, monkeypatch):
+    "A transfer that breaks mid-copy (network, permissions) is a WMError (so the CLI falls back), and leaves nothing behind."
+    import fsspec.implementations.local as fl
+    from wm_nb.arxiv_data import download_prepared
+    from wm_nb.core import WMError
+    def broken(self, *a, **k): raise OSError('connection reset by peer')
+    monkeypatch.setattr(fl.LocalFileSystem, 'get_file', broken)
+    with pytest.raises(WMError, match='download of .* failed .*connection reset'): download_prepared((work/'prepared').as_uri(), tmp_path/'y')
+    assert not (tmp_path/'y').exists()
+
 def test_download_incomplete_folder_keeps_nothing(work, tmp_path):
     from wm_nb.arxiv_data import download_prepared
     from wm_nb.core import WMError
@@ -225,7 +235,7 @@ def test_sweep_and_eval_cli(work, tmp_path):
     assert 'test_loss' in r.stdout
     # wm_eval on the final model reproduces the run's test loss; on a step checkpoint it works too
     m2 = json.loads((exp/'arxiv_baby_k2'/'metrics.json').read_text())
-    r = ok(run('wm_eval', exp/'arxiv_baby_k2'/'final', '--n', 256, '--batch_size', 64, cwd=tmp_path))
+    r = ok(run('wm_eval', exp/'arxiv_baby_k2'/'final', cwd=tmp_path))    # defaults: the run's own test windows and seed
     e = json.loads((exp/'arxiv_baby_k2'/'final'/'eval'/'metrics_test.json').read_text())
     assert e['loss'] == pytest.approx(m2['test']['loss'], abs=1e-4) and 'perplexity' in r.stdout
     ck = sorted((exp/'arxiv_baby_k2'/'checkpoints').glob('checkpoint-*'))[0]

@@ -102,7 +102,7 @@ def test_wm_probe_writes_table_controls_and_maps(mix):
 
 
 def test_probe_controls_are_computed_as_stated(mix):
-    "The untrained control is a fresh model of the same architecture; the shuffled control fits permuted coordinates."
+    "Each column of the table is recomputed from its own source: trained states, a fresh model of the same architecture, permuted coordinates."
     import torch
     from wm_nb.evaluate import load_model
     from wm_nb.probe import run_probe, untrained_like, probe_split, probe_layers, probe_prompts, hidden_states
@@ -115,13 +115,49 @@ def test_probe_controls_are_computed_as_stated(mix):
     fit, test, _ = probe_split(man, dsd, len(cities))
     assert not set(fit) & set(test)
     r = run_probe(model, tok, cities, fit, test, seed=0)
-    # recompute the shuffled control by hand and compare
     ids = np.concatenate([fit, test]); p, pos = probe_prompts(ids)
-    s = hidden_states(model, tok, p, pos)
-    full = np.zeros((s.shape[0], len(cities), s.shape[2]), np.float32); full[:, ids] = s
+    def full(m):
+        s = hidden_states(m, tok, p, pos)
+        f = np.zeros((s.shape[0], len(cities), s.shape[2]), np.float32); f[:, ids] = s
+        return f
+    trained, untrained = full(model), full(untrained_like(model, seed=0))
+    assert not np.allclose(trained, untrained)
+    t_tr, _ = probe_layers(trained, cities, fit, test)
+    t_un, _ = probe_layers(untrained, cities, fit, test)
     perm = np.random.default_rng(0).permutation(len(cities))
-    t, _ = probe_layers(full, cities, fit, test, targets=unit_xyz(cities.lat, cities.lon)[perm])
-    assert np.allclose(t.r2, r['table'].shuffled_r2) and np.allclose(t.median_km, r['table'].shuffled_median_km)
+    t_sh, _ = probe_layers(trained, cities, fit, test, targets=unit_xyz(cities.lat, cities.lon)[perm])
+    tab = r['table']
+    assert np.allclose(t_tr.r2, tab.r2) and np.allclose(t_un.r2, tab.untrained_r2) and np.allclose(t_sh.r2, tab.shuffled_r2)
+    assert np.allclose(t_un.median_km, tab.untrained_median_km) and np.allclose(t_sh.median_km, tab.shuffled_median_km)
+    assert r['best_layer'] == int(tab.fit_loo_r2.idxmax())        # chosen on the fit cities, not the test cities
+
+
+def test_probe_reads_a_linear_map_and_not_noise(default_cities):
+    "On synthetic states that hold the position linearly the probe is near perfect on unseen cities; on noise (and shuffled targets) it is not."
+    from wm_nb.probe import probe_layers
+    from wm_nb.geo import unit_xyz
+    c = default_cities
+    rng = np.random.default_rng(1)
+    xyz = unit_xyz(c.lat, c.lon)
+    signal = np.concatenate([xyz @ rng.normal(size=(3, 12)), rng.normal(size=(len(c), 12))], 1) + 0.05*rng.normal(size=(len(c), 24))
+    noise = rng.normal(size=(len(c), 24))
+    perm = rng.permutation(len(c)); fit, test = perm[:5000], perm[5000:]
+    t, preds = probe_layers(np.stack([signal, noise]).astype(np.float32), c, fit, test)
+    assert t.r2[0] > 0.95 and t.median_km[0] < 300 and t.fit_loo_r2[0] > 0.95
+    assert t.r2[1] < 0.05 and t.median_km[1] > 3000
+    ts, _ = probe_layers(signal[None].astype(np.float32), c, fit, test, targets=xyz[rng.permutation(len(c))])
+    assert ts.r2[0] < 0.05
+    assert preds.shape == (2, len(test), 3)
+
+
+def test_probe_position_is_the_token_after_the_id():
+    from wm_nb.probe import probe_prompts
+    p, pos = probe_prompts([3, 620, 6201])
+    assert [q[k-1] for q, k in zip(p, pos)] == [')', ')', ')']           # <bos> shifts characters by one token
+    p, pos = probe_prompts([620], 'walk', 200)
+    assert p == ['srd_200=c_620,'] and p[0][pos[0]-1] == ','
+    p, pos = probe_prompts([620], position='last')
+    assert p[0][pos[0]-1] == '='
 
 
 def test_probe_refuses_leakage():
@@ -134,18 +170,27 @@ def test_probe_refuses_leakage():
         probe_layers(st, c, np.arange(100), np.arange(90, 120))
 
 
-def test_walk_validity_on_a_walk_dataset(mix, tmp_path):
-    "wm_eval on a walk dataset scores sampled walks and writes the walk map."
-    d, exp, _, _, _ = mix
-    r = run('wm_dataset', 'walk', '--n_train', '50', '--n_val', '20', '--out', tmp_path/'ds', cwd=tmp_path)
+def test_walk_validity_on_a_walk_dataset(mix, tmp_path, great_circle_km):
+    "wm_eval on a walk dataset of the model's own cities samples walks, scores them as stated, and writes the walk map."
+    import pandas as pd
+    d, exp, _, man, cities = mix
+    src = Path(json.loads((exp/'wm_dataset.json').read_text())['path'])/'cities.csv'
+    r = run('wm_dataset', 'walk', '--n_train', '50', '--n_val', '40', '--source', src, '--min_population', '0', '--keep_order',
+            '--out', tmp_path/'ds', cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     ds = next((tmp_path/'ds').iterdir())
     r = run('wm_eval', exp/'final', '--dataset', ds, '--out', tmp_path/'ev', cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'random next city' in r.stdout
     m = json.loads((tmp_path/'ev'/'metrics_validation.json').read_text())
-    assert m['task'] == 'walk' and m['n'] == 20 and 0 <= m['valid_rate'] <= 1
+    assert m['task'] == 'walk' and m['n'] == 40
     assert m['random_next_city']['valid_rate'] == 1.0 and m['random_next_city']['hops_within_T'] < 0.2
+    # the model's figures, recomputed from its sampled texts with an independent great-circle formula
+    t = pd.read_csv(tmp_path/'ev'/'samples_validation.csv')
+    ok = [list(map(int, x.replace('c_', '').split(','))) for x, v in zip(t.text, t.valid) if v]
+    assert len(ok) == round(m['valid_rate']*40)
+    hops = np.concatenate([great_circle_km(cities.lat[w[:-1]], cities.lon[w[:-1]], cities.lat[w[1:]], cities.lon[w[1:]]) for w in ok if len(w) > 1] or [np.empty(0)])
+    if len(hops): assert np.isclose((hops <= 200).mean(), m['hops_within_T'])
     assert (tmp_path/'ev'/'walks_map_validation.png').exists()
 
 

@@ -136,12 +136,13 @@ def load_corpus(source:str|Path=ARXIV_HUB, # hub name, .jsonl/.parquet file or s
 def _hub_like(d, where, text_column, category_column, seed):
     "A DatasetDict from the hub or disk: class-label integers become names; missing splits are assigned."
     import pandas as pd
-    frames = []
+    frames, given = [], set(SPLITS) <= set(d.keys())   # all three splits given: keep them; otherwise assign per category
     for s, ds in d.items():
         feat = ds.features.get(category_column)
         df = ds.to_pandas()
         if category_column in df.columns and hasattr(feat, 'names'): df[category_column] = [feat.names[i] for i in df[category_column]]
-        if set(d.keys()) <= set(SPLITS): df['split'] = s
+        if given and s in SPLITS: df['split'] = s
+        elif given: continue                              # an extra split (e.g. 'unsupervised') is not used
         frames.append(df)
     return _from_frame(pd.concat(frames, ignore_index=True), where, text_column, category_column, seed)
 
@@ -247,13 +248,15 @@ class Prepared:
         self.categories = sorted(set(cats))
         self.cat_codes = np.searchsorted(self.categories, cats).astype(np.int32)
         self.splits = np.array(splits)
+        if set(splits) - set(SPLITS): raise WMError(f"{path/'index.jsonl'} names unknown split(s) {sorted(set(splits) - set(SPLITS))}: {fix}")
         n_tok = int(self.lengths.sum())
         if (self.lengths < 0).any() or not np.array_equal(self.offsets, np.concatenate([[0], np.cumsum(self.lengths)[:-1]])):
             raise WMError(f"{path/'index.jsonl'} is corrupt (offsets are not the running sum of lengths): {fix}")
         size = (path/'tokens.bin').stat().st_size
         if size != 2 * n_tok: raise WMError(f"{path/'tokens.bin'} is corrupt: {size:,} bytes but the index needs {2*n_tok:,} ({n_tok:,} uint16 tokens): {fix}")
         self.n_tokens = n_tok
-        self.manifest = read_json(path/'manifest.json') if (path/'manifest.json').exists() else {}
+        try: self.manifest = read_json(path/'manifest.json') if (path/'manifest.json').exists() else {}
+        except ValueError: raise WMError(f"{path/'manifest.json'} is corrupt (not JSON): {fix}") from None
 
     def tokens(self)->np.memmap: return np.memmap(self.path/'tokens.bin', np.uint16, 'r')
     def papers(self, split:str, categories=None)->np.ndarray:
@@ -296,7 +299,8 @@ def download_prepared(url:str,          # source, e.g. s3://bucket/prefix
         for f in tqdm(files, desc='download', leave=False, disable=not progress):
             rel = f[len(root):].lstrip('/') if f.startswith(root) else f.split(root.lstrip('/'), 1)[-1].lstrip('/')
             (tmpd/rel).parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(f, str(tmpd/rel))
+            try: fs.get_file(f, str(tmpd/rel))
+            except Exception as e: raise WMError(f"download of {f} from {url} failed ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})") from None
         try: Prepared(tmpd)
         except WMError as e: raise WMError(f"{url} is not a complete prepared folder ({str(e).split(':')[0].replace(str(tmpd), '')}...)") from None
     return Path(out)

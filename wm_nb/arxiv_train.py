@@ -117,7 +117,8 @@ def train_arxiv(cfg:ExperimentConfig, resume:bool=False, overwrite:bool=False, p
         final = exp/'final'
         if final.exists(): shutil.rmtree(final)
         trainer.save_model(str(final)); tok.save_pretrained(str(final))
-        info = dict(prepared=str(P.path.resolve()), categories=cats, k=a.k, category_seed=a.category_seed, window=a.window)
+        info = dict(prepared=str(P.path.resolve()), categories=cats, k=a.k, category_seed=a.category_seed, window=a.window,
+                    test_windows=a.test_windows, eval_seed=cfg.eval.seed)   # what wm_eval needs to reproduce the test loss
         for d in (final, exp): write_json(info, d/'wm_arxiv.json')
         hist = trainer.state.log_history
         write_json(hist, exp/'log_history.json')
@@ -142,8 +143,8 @@ def arxiv_info(path:str|Path)->dict|None:
     return read_json(f) if f else None
 
 def evaluate_arxiv_checkpoint(checkpoint:str|Path, prepared:str|Path|None=None, split:str='test', n:int|None=None,
-                              out:str|Path|None=None, batch_size:int=64, seed:int=0, progress:bool=True)->dict:
-    "Test (or validation) loss and perplexity of an arxiv model on its categories; written under `out`."
+                              out:str|Path|None=None, batch_size:int=64, seed:int|None=None, progress:bool=True)->dict:
+    "Test (or validation) loss and perplexity of an arxiv model on its categories (by default the run's own test windows and seed); written under `out`."
     from transformers import AutoModelForCausalLM
     checkpoint = Path(checkpoint)
     info = arxiv_info(checkpoint)
@@ -154,7 +155,9 @@ def evaluate_arxiv_checkpoint(checkpoint:str|Path, prepared:str|Path|None=None, 
     size = (P.manifest.get('tokenizer') or {}).get('size')
     if size and model.config.vocab_size < size: raise WMError(f"{checkpoint} has a {model.config.vocab_size}-token vocabulary but {P.path} was tokenized with {size}: they do not belong together")
     if model.device.type == 'cpu' and torch.cuda.is_available(): model = model.cuda()
-    m = evaluate_windows(model, P, info['categories'], split, info['window'], n or 1024, seed, batch_size, progress)
+    n = n or info.get('test_windows', 1024)
+    seed = info.get('eval_seed', 0) if seed is None else seed
+    m = evaluate_windows(model, P, info['categories'], split, info['window'], n, seed, batch_size, progress)
     m.update(checkpoint=str(checkpoint), prepared=str(P.path), categories=info['categories'])
     out = Path(out) if out else checkpoint/'eval'
     out.mkdir(parents=True, exist_ok=True)
@@ -166,9 +169,9 @@ def format_arxiv(m:dict)->str:
     rows = [f"  {c:<24} loss {v:.4f}  perplexity {math.exp(v):.2f}" for c, v in m['per_category'].items()]
     return '\n'.join([f"{m['split']}: loss {m['loss']:.4f}  perplexity {m['perplexity']:.2f}  ({len(rows)} categories x {m['windows_per_category']} windows of {m['window']} tokens)"] + rows)
 
-def wm_eval_arxiv(checkpoint, dataset=None, split='test', n=None, out=None, batch_size=64, seed=0):
-    "What `wm_eval` runs for an arxiv model."
-    print(format_arxiv(evaluate_arxiv_checkpoint(checkpoint, dataset, split, n, out, batch_size, seed)))
+def wm_eval_arxiv(checkpoint, dataset=None, split='test', n=None, out=None, batch_size=None, seed=None):
+    "What `wm_eval` runs for an arxiv model (101-token windows: 64 per batch unless told)."
+    print(format_arxiv(evaluate_arxiv_checkpoint(checkpoint, dataset, split, n, out, batch_size or 64, seed)))
 
 # %% ../nbs/14_arxiv_train.ipynb #9e403ce2
 def parse_ks(ks:str|list)->list[int]:

@@ -141,7 +141,7 @@ def walk_validity(model, tok, cities:Cities, threshold_km:float=200, n:int=1000,
     secs = time.perf_counter() - t
     texts = [f"c_{s},{c}" for s, c in zip(starts, comp)]     # an immediate <eos> leaves "c_<start>," : invalid
     walks = [parse_walk(x, len(cities)) for x in texts]
-    lengths = [len(w) if w is not None else int(rng.integers(2, max_len + 1)) for w in walks]
+    lengths = [min(len(w), max_len) if w is not None else int(rng.integers(2, max_len + 1)) for w in walks]
     base = [[int(s)] + rng.integers(0, len(cities), L - 1).tolist() for s, L in zip(starts, lengths)]
     m = dict(task='walk', seconds=secs, threshold_km=int(threshold_km), max_len=max_len,
              **walk_stats(cities, walks, threshold_km, max_len), random_next_city=walk_stats(cities, base, threshold_km, max_len))
@@ -291,11 +291,11 @@ def wm_eval(checkpoint:str,          # model folder: an experiment's final/ or a
             split:str=None,          # split to evaluate: validation (default), train, or heldout (mix); arxiv models: test (default) or validation
             n:int=None,              # evaluate a fixed random sample of this size (default: all)
             out:str=None,            # output folder (default: CHECKPOINT/eval)
-            batch_size:int=512,      # prompts per generate() batch
-            seed:int=0):             # seed of the sample and of the random-city baseline
+            batch_size:int=None,     # prompts per generate() batch (default 512; arxiv models: 64 windows)
+            seed:int=None):          # seed of the sample and of the random-city baseline (default 0; arxiv: the run's)
     "Generation on a dataset split, scored by haversine error (locations), km error (distances) or walk validity (walks), beside baselines."
     with cli_errors('wm_eval'):
         from wm_nb.arxiv_train import arxiv_info, wm_eval_arxiv   # --- arxiv K-category models (issue 7): loss and perplexity ---
         if arxiv_info(checkpoint) is not None: return wm_eval_arxiv(checkpoint, dataset, split or 'test', n, out, batch_size, seed)
-        m = evaluate_checkpoint(checkpoint, dataset, split or 'validation', n, out, batch_size, seed)
+        m = evaluate_checkpoint(checkpoint, dataset, split or 'validation', n, out, batch_size or 512, 0 if seed is None else seed)
         print(format_metrics(m))

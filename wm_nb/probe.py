@@ -23,9 +23,9 @@ def probe_prompts(idx, kind:str='loc', threshold_km:int=200, position:str='city'
     "Prompts for city ids `idx` and the token position (after `<bos>`) of each city's state."
     if kind not in ('loc', 'walk'): raise WMError(f"probe prompt kind must be loc or walk, got {kind!r}")
     if position not in ('city', 'last'): raise WMError(f"--position must be city or last, got {position!r}")
-    heads = [f"loc(c_{i}" if kind == 'loc' else f"srd_{int(threshold_km)}=c_{i}" for i in np.asarray(idx).tolist()]
-    prompts = [h + ')=' if kind == 'loc' else h for h in heads]
-    # token k+1 is character k (<bos> is token 0, one token per character)
+    heads = [f"loc(c_{i})" if kind == 'loc' else f"srd_{int(threshold_km)}=c_{i}," for i in np.asarray(idx).tolist()]
+    prompts = [h + '=' if kind == 'loc' else h for h in heads]
+    # token k+1 is character k (<bos> is token 0, one token per character): the id's next character is token len(head)
     pos = np.array([len(h) if position == 'city' else len(p) for h, p in zip(heads, prompts)])
     return prompts, pos
 
@@ -33,6 +33,7 @@ def probe_prompts(idx, kind:str='loc', threshold_km:int=200, position:str='city'
 def hidden_states(model, tok, prompts:list[str], positions, batch_size:int=512, progress:bool=False)->np.ndarray:
     "States of every layer at `positions`: shape `(n_layers + 1, n_prompts, hidden)`; index 0 is the embedding output."
     was = model.training; model.eval()
+    dev = next(model.parameters()).device
     ids = [[tok.bos_token_id] + tok(p, add_special_tokens=False)['input_ids'] for p in prompts]
     positions = np.asarray(positions)
     if any(p >= len(i) for p, i in zip(positions, ids)): raise WMError("a probe position lies beyond its prompt")
@@ -41,9 +42,9 @@ def hidden_states(model, tok, prompts:list[str], positions, batch_size:int=512, 
         rows = ids[s:s+batch_size]; w = max(map(len, rows))
         inp = torch.full((len(rows), w), tok.pad_token_id); att = torch.zeros((len(rows), w), dtype=torch.long)
         for k, r in enumerate(rows): inp[k, :len(r)] = torch.tensor(r); att[k, :len(r)] = 1
-        hs = model(input_ids=inp, attention_mask=att, output_hidden_states=True).hidden_states
-        pick = torch.as_tensor(positions[s:s+batch_size])
-        h = torch.stack([x[torch.arange(len(rows)), pick] for x in hs]).float().numpy()
+        hs = model(input_ids=inp.to(dev), attention_mask=att.to(dev), output_hidden_states=True).hidden_states
+        pick = torch.as_tensor(positions[s:s+batch_size], device=dev)
+        h = torch.stack([x[torch.arange(len(rows), device=dev), pick] for x in hs]).float().cpu().numpy()
         if out is None: out = np.empty((h.shape[0], len(ids), h.shape[2]), np.float32)
         out[:, s:s+len(rows)] = h
     if was: model.train()
@@ -60,10 +61,10 @@ def check_disjoint(fit_idx, test_idx):
     "Raise if a city is in both the probe's fit set and its test set."
     both = np.intersect1d(fit_idx, test_idx)
     if len(both): raise WMError(f"{len(both)} cities are in both the probe's fit set and its test set (e.g. c_{both[0]}): a probe must be scored on cities it was not fitted on")
-    if len(fit_idx) < 10 or len(test_idx) < 1: raise WMError(f"a probe needs >= 10 fit cities and >= 1 test city, got {len(fit_idx)} and {len(test_idx)}")
+    if len(fit_idx) < 10 or len(test_idx) < 2: raise WMError(f"a probe needs >= 10 fit cities and >= 2 test cities, got {len(fit_idx)} and {len(test_idx)}")
 
 def probe_layers(states:np.ndarray, cities:Cities, fit_idx, test_idx, targets:np.ndarray|None=None)->tuple[pd.DataFrame, np.ndarray]:
-    "Per-layer R² and km errors on `test_idx` of ridge probes fitted on `fit_idx`; also each layer's test predictions `(layers, n_test, 3)`."
+    "Per-layer R² and km errors on `test_idx` of ridge probes fitted on `fit_idx` (and their leave-one-out R² on the fit cities); also each layer's test predictions `(layers, n_test, 3)`."
     from sklearn.metrics import r2_score
     fit_idx, test_idx = np.asarray(fit_idx), np.asarray(test_idx)
     check_disjoint(fit_idx, test_idx)
@@ -71,10 +72,14 @@ def probe_layers(states:np.ndarray, cities:Cities, fit_idx, test_idx, targets:np
     tla, tlo = latlon_from_xyz(Y[test_idx])
     rows, preds = [], []
     for layer, X in enumerate(states):              # states: (layers, n_cities, hidden), row = city id
-        pr = _ridge().fit(X[fit_idx], Y[fit_idx]).predict(X[test_idx])
+        probe = _ridge().fit(X[fit_idx], Y[fit_idx])
+        pr = probe.predict(X[test_idx])
         la, lo = latlon_from_xyz(pr)
         e = haversine_km(tla, tlo, la, lo)
-        rows.append(dict(layer=layer, r2=float(r2_score(Y[test_idx], pr)), median_km=float(np.median(e)), mean_km=float(e.mean())))
+        loo_mse = -probe[-1].best_score_              # RidgeCV's leave-one-out mean squared error on the fit cities
+        fit_r2 = 1 - loo_mse / Y[fit_idx].var(0).mean()   # as a (variance-weighted) R²
+        rows.append(dict(layer=layer, r2=float(r2_score(Y[test_idx], pr)), median_km=float(np.median(e)), mean_km=float(e.mean()),
+                         fit_loo_r2=float(fit_r2)))
         preds.append(pr)
     return pd.DataFrame(rows), np.stack(preds)
 
@@ -83,7 +88,7 @@ def untrained_like(model, seed:int=0):
     "A randomly initialised model with the same config (architecture) as `model`."
     from transformers import AutoModelForCausalLM
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(model.config)
+    return AutoModelForCausalLM.from_config(model.config).to(next(model.parameters()).device)
 
 def run_probe(model, tok, cities:Cities, fit_idx, test_idx, kind:str='loc', threshold_km:int=200, position:str='city',
               seed:int=0, batch_size:int=512, progress:bool=False)->dict:
@@ -104,9 +109,10 @@ def run_probe(model, tok, cities:Cities, fit_idx, test_idx, kind:str='loc', thre
     tab, preds = probe_layers(trained, cities, fit_idx, test_idx)
     tu, _ = probe_layers(untrained, cities, fit_idx, test_idx)
     ts, _ = probe_layers(trained, cities, fit_idx, test_idx, targets=shuffled_targets)
-    table = tab.join(tu.drop(columns='layer').add_prefix('untrained_')).join(ts.drop(columns='layer').add_prefix('shuffled_'))
+    table = tab.join(tu.drop(columns=['layer', 'fit_loo_r2']).add_prefix('untrained_')).join(ts.drop(columns=['layer', 'fit_loo_r2']).add_prefix('shuffled_'))
+    # the layer shown on the maps is chosen on the fit cities (leave-one-out), never on the test cities
     return dict(table=table, preds=preds, fit_idx=fit_idx, test_idx=test_idx, seconds=time.perf_counter() - t0,
-                kind=kind, position=position, best_layer=int(table.r2.idxmax()))
+                kind=kind, position=position, best_layer=int(table.fit_loo_r2.idxmax()))
 
 # %% ../nbs/12_probe.ipynb #347059ea
 def plot_probe_layers(table:pd.DataFrame, title:str=''):
@@ -211,10 +217,11 @@ def format_probe(s:dict)->str:
     "The per-layer table as text."
     lines = [f"probe of {s['checkpoint']} ({s['prompt']} prompt, state at the {s['position']} token): fit on {s['n_fit']:,} cities, "
              f"scored on {s['n_test']:,} ({s['test_cities']})",
-             f"  layer   R²  median km  mean km | untrained: R²  median km | shuffled coords: R²  median km"]
+             f"  layer   R²  median km  mean km  fit LOO R² | untrained: R²  median km | shuffled coords: R²  median km"]
     for r in s['layers']:
-        lines.append(f"  {r['layer']:>5} {r['r2']:5.2f} {r['median_km']:9.0f} {r['mean_km']:8.0f} | {r['untrained_r2']:13.2f} {r['untrained_median_km']:10.0f} "
+        lines.append(f"  {r['layer']:>5} {r['r2']:5.2f} {r['median_km']:9.0f} {r['mean_km']:8.0f} {r['fit_loo_r2']:11.2f} | {r['untrained_r2']:13.2f} {r['untrained_median_km']:10.0f} "
                      f"| {r['shuffled_r2']:19.2f} {r['shuffled_median_km']:10.0f}")
+    lines.append(f"  maps: layer {s['best_layer']} (best leave-one-out R² on the fit cities)")
     if 'generated_median_km' in s:
         lines.append(f"  generated loc() answers for the same cities: parse {s['generated_parse_rate']:.1%}, median {s['generated_median_km']:.0f} km")
     return "\n".join(lines)

@@ -256,7 +256,8 @@ def _finish(cfg, trainer, out, secs, exp, tok, dsd, man, cities, data_path, para
         table.to_csv(exp/'eval_samples.csv', index=False)
         if man['task'] in ('location', 'mix'):
             med = np.nanmedian(table['error_km']) if np.isfinite(table['error_km']).any() else float('nan')
-            save_fig(plot_error_map(table, f"{cfg.name}: median error {med:.0f} km")[0], exp/'error_map.png')
+            what = 'held-out cities' if man['task'] == 'mix' else 'training cities'
+            save_fig(plot_error_map(table, f"{cfg.name}: {what}, median error {med:.0f} km")[0], exp/'error_map.png')
         base = metrics['eval']['centroid']['median_km'] if man['task'] in ('location', 'mix') else None
         save_fig(plot_curves(hist, base, cfg.name), exp/'curves.png')
         for k in ('eval', 'eval_train_cities', 'eval_heldout', 'walk_validity'):
