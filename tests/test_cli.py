@@ -96,7 +96,7 @@ def test_wm_data_small_datasets(small_run, name, task, n_train, n_val, pattern):
         assert sorted(dsd['train']['city']) == list(range(N_CITIES))    # --all: every city exactly once
     if task == 'mix':      # locations of every city but the held-out ones, which are all in 'heldout'
         tr = dsd['train'].to_pandas()
-        assert sorted(tr.loc[tr.task == 'loc', 'city'].tolist() + dsd['heldout']['city']) == list(range(N_CITIES))
+        assert sorted(tr.loc[tr.task == 'loc', 'city'].tolist() + list(dsd['heldout']['city'])) == list(range(N_CITIES))
     if task == 'walk':
         for split in dsd:
             ws = dsd[split]['cities']
