@@ -19,7 +19,7 @@ from .tasks import TASK_NAMES
 __all__ = ['THRESHOLDS_KM', 'parse_xy', 'parse_int', 'error_summary', 'location_errors', 'baseline_errors',
            'generate_completions', 'load_model', 'parse_walk', 'walk_stats', 'walk_validity', 'known_cities',
            'walk_neighbour_positions', 'max_new_tokens_for', 'evaluate_split', 'plot_error_map', 'format_metrics',
-           'evaluate_checkpoint', 'wm_eval']
+           'checkpoint_dataset', 'evaluate_checkpoint', 'wm_eval']
 
 # %% ../nbs/10_evaluate.ipynb #947e1beb
 _XY = re.compile(r'^(\d{1,4}),(\d{1,4})$')
@@ -259,6 +259,14 @@ def format_metrics(m:dict)->str:
                   f"{m['walk_neighbours_coverage']:.1%} of these cities have one, the rest get the centroid)"]
     return "\n".join(lines)
 
+def checkpoint_dataset(checkpoint:str|Path, dataset:str|Path|None=None)->str:
+    "`dataset` if given, else the dataset a model folder (final/ or checkpoints/checkpoint-N/) records it was trained on."
+    if dataset is not None: return str(dataset)
+    checkpoint = Path(checkpoint)
+    info = next((p/'wm_dataset.json' for p in (checkpoint, checkpoint.parent, checkpoint.parent.parent) if (p/'wm_dataset.json').exists()), None)
+    if info is None: raise WMError(f"{checkpoint} does not record its dataset: pass --dataset PATH")
+    return read_json(info)['path']
+
 def evaluate_checkpoint(checkpoint:str|Path, dataset:str|Path|None=None, split:str='validation', n:int|None=None,
                         out:str|Path|None=None, batch_size:int=512, seed:int=0)->dict:
     "Evaluate a checkpoint on a dataset split; writes metrics JSON, per-sample CSV and (locations) the error map under `out`."
@@ -266,10 +274,7 @@ def evaluate_checkpoint(checkpoint:str|Path, dataset:str|Path|None=None, split:s
     from wm_nb.maps import save_fig
     checkpoint = Path(checkpoint)
     model, tok = load_model(checkpoint)
-    if dataset is None:
-        info = next((p/'wm_dataset.json' for p in (checkpoint, checkpoint.parent, checkpoint.parent.parent) if (p/'wm_dataset.json').exists()), None)
-        if info is None: raise WMError(f"{checkpoint} does not record its dataset: pass --dataset PATH")
-        dataset = read_json(info)['path']
+    dataset = checkpoint_dataset(checkpoint, dataset)
     dsd, man, cities = load_task_dataset(dataset)
     m, table = evaluate_split(model, tok, dsd, man, cities, split, n, seed, batch_size, progress=True)
     m.update(checkpoint=str(checkpoint), dataset=str(dataset))

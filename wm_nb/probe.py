@@ -173,16 +173,12 @@ def probe_split(man:dict, dsd, n_cities:int, test_frac:float=0.2, seed:int=0)->t
 def probe_checkpoint(checkpoint:str|Path, dataset:str|Path|None=None, out:str|Path|None=None, test_frac:float=0.2,
                      position:str='city', seed:int=0, batch_size:int=512, progress:bool=True)->dict:
     "Probe a checkpoint with both controls; write the table, JSON and maps; returns the summary."
-    from wm_nb.evaluate import load_model, generate_completions, location_errors
+    from wm_nb.evaluate import load_model, generate_completions, location_errors, plot_error_map, checkpoint_dataset
     from wm_nb.tasks import load_task_dataset
     from wm_nb.maps import save_fig
-    from wm_nb.evaluate import plot_error_map
     checkpoint = Path(checkpoint)
     model, tok = load_model(checkpoint)
-    if dataset is None:
-        info = next((p/'wm_dataset.json' for p in (checkpoint, checkpoint.parent, checkpoint.parent.parent) if (p/'wm_dataset.json').exists()), None)
-        if info is None: raise WMError(f"{checkpoint} does not record its dataset: pass --dataset PATH")
-        dataset = read_json(info)['path']
+    dataset = checkpoint_dataset(checkpoint, dataset)
     if position not in ('city', 'last'): raise WMError(f"--position must be city or last, got {position!r}")
     dsd, man, cities = load_task_dataset(dataset)
     if man['task'] == 'distance':
