@@ -68,36 +68,20 @@ def _arxiv_data(cfg:ExperimentConfig):
 
 def train_arxiv(cfg:ExperimentConfig, resume:bool=False, overwrite:bool=False, progress:bool=True)->dict:
     "Train one K-category run under the token budget; returns its metrics (also in `metrics.json`)."
-    from transformers import TrainingArguments, set_seed
-    from wm_nb.train import build_model, n_params, plan_steps, setup_tracking, make_trainer_class, plot_curves, _checkpoints
+    from transformers import set_seed
+    from wm_nb.train import build_model, n_params, plan_steps, setup_tracking, make_trainer_class, plot_curves, _checkpoints, experiment_dirs, training_args
     from wm_nb.maps import save_fig
     if cfg.data.task != 'arxiv': raise WMError(f"train_arxiv needs data.task arxiv, got {cfg.data.task!r}")
     a, t = cfg.arxiv, cfg.train
-    exp = Path(cfg.out_dir)/cfg.name; ckpt_dir = exp/'checkpoints'
-    world = int(os.environ.get('WORLD_SIZE', 1)); rank = int(os.environ.get('RANK', 0))
     P, cats, dss = _arxiv_data(cfg)
-    if resume and not _checkpoints(ckpt_dir): raise WMError(f"--resume: no checkpoint to resume from in {ckpt_dir}; run without --resume to start")
-    if not resume and _checkpoints(ckpt_dir):
-        if not overwrite: raise WMError(f"experiment {exp} already has checkpoints: pass --resume to continue or --overwrite to start again")
-        if rank == 0: shutil.rmtree(exp)
-    if t.batch_size % world: raise WMError(f"train.batch_size {t.batch_size} is not divisible by the {world} processes")
+    exp, ckpt_dir, rank, world = experiment_dirs(cfg, resume, overwrite)
     tok = load_prepared_tokenizer(P)
     pool_tokens = int(P.lengths[dss['train'].pool].sum())
     plan = plan_steps(cfg, max(1, pool_tokens // a.window), float(a.window))
     train_ds = RandomWindowDataset(P, 'train', a.window, cats, seed=t.seed, length=plan['max_steps'] * t.batch_size)
     report_to = setup_tracking(cfg, exp)
     if rank == 0: exp.mkdir(parents=True, exist_ok=True); save_config(cfg, exp/'config.yaml')
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir), per_device_train_batch_size=t.batch_size // world, per_device_eval_batch_size=max(1, t.batch_size // world),
-        learning_rate=t.lr, weight_decay=t.weight_decay, adam_beta2=t.adam_beta2, warmup_steps=t.warmup_steps,
-        lr_scheduler_type=t.scheduler, max_steps=plan['max_steps'], max_grad_norm=t.grad_clip,
-        eval_strategy='steps', eval_steps=plan['eval_steps'], save_strategy='steps', save_steps=plan['save_steps'],
-        save_total_limit=t.save_total_limit, load_best_model_at_end=True, metric_for_best_model='eval_loss', greater_is_better=False,
-        logging_steps=t.logging_steps, logging_first_step=True, report_to=report_to, run_name=cfg.name,
-        seed=t.seed, data_seed=t.seed, use_cpu=not torch.cuda.is_available(), remove_unused_columns=False,
-        train_sampling_strategy='sequential', optim=t.optim, torch_compile=t.compile,
-        dataloader_num_workers=t.num_workers, disable_tqdm=not progress,
-        ddp_find_unused_parameters=False, ddp_backend='gloo' if not torch.cuda.is_available() and world > 1 else None)
+    args = training_args(cfg, ckpt_dir, plan, report_to, world, progress, metric_for_best_model='eval_loss', train_sampling_strategy='sequential')
     set_seed(t.seed)
     model = build_model(cfg, tok)
     params = n_params(model)

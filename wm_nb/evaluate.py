@@ -181,8 +181,8 @@ def max_new_tokens_for(task:str, cities_n:int=10_000)->int:
     return {'loc': 10, 'dist': 7, 'walk': 33*(len(str(cities_n))+3)}[task]
 
 def evaluate_split(model, tok, dsd, manifest:dict, cities:Cities, split:str='validation', n:int|None=None, seed:int=0,
-                   batch_size:int=512, progress:bool=False)->tuple[dict, pd.DataFrame]:
-    "Generate and score (a fixed sample of) `split`; returns `(metrics, per-sample table)`."
+                   batch_size:int=512, progress:bool=False, baselines:bool=True)->tuple[dict, pd.DataFrame]:
+    "Generate and score (a fixed sample of) `split`; returns `(metrics, per-sample table)`. `baselines=False` skips the baselines (during training)."
     task = {v: k for k, v in TASK_NAMES.items()}[manifest['task']]
     if split not in dsd: raise WMError(f"the dataset has no '{split}' split (it has {', '.join(dsd)}): choose one of those")
     ds = _loc_rows(dsd[split]) if task == 'mix' else dsd[split]
@@ -206,12 +206,13 @@ def evaluate_split(model, tok, dsd, manifest:dict, cities:Cities, split:str='val
     meta = dict(task='dist' if task == 'dist' else 'loc', dataset_task=manifest['task'], split=split, n=len(rows), seconds=secs, scored_cities=scored)
     if task in ('loc', 'mix'):
         idx = np.array(sub['city']); la, lo, err = location_errors(cities, idx, comp)
-        train_idx = known_cities(dsd)
         m = dict(meta, **error_summary(err))
-        for name, e in baseline_errors(cities, idx, train_idx, seed).items(): m[name] = error_summary(e)
         table = pd.DataFrame(dict(city=idx, name=cities.name[idx], lat=cities.lat[idx], lon=cities.lon[idx], completion=comp,
                                   pred_lat=la, pred_lon=lo, error_km=err))
-        if task == 'mix':
+        if baselines:
+            train_idx = known_cities(dsd)
+            for name, e in baseline_errors(cities, idx, train_idx, seed).items(): m[name] = error_summary(e)
+        if baselines and task == 'mix':
             wla, wlo, covered = walk_neighbour_positions(dsd['train'], cities, idx, train_idx)
             m['walk_neighbours'] = error_summary(haversine_km(cities.lat[idx], cities.lon[idx], wla, wlo))
             m['walk_neighbours_coverage'] = float(covered.mean())

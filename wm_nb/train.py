@@ -17,7 +17,8 @@ from .evaluate import evaluate_split, error_summary, format_metrics, plot_error_
 
 # %% auto #0
 __all__ = ['build_model', 'n_params', 'tokenize_dataset', 'AnswerOnlyCollator', 'resolve_data', 'plan_steps', 'setup_tracking',
-           'make_trainer_class', 'gen_eval_fn', 'plot_curves', 'train_experiment', 'wm_train']
+           'make_trainer_class', 'gen_eval_fn', 'plot_curves', 'experiment_dirs', 'training_args', 'train_experiment',
+           'wm_train']
 
 # %% ../nbs/11_train.ipynb #b09ee874
 def build_model(cfg:ExperimentConfig, tok):
@@ -129,13 +130,13 @@ def gen_eval_fn(cfg, tok, dsd, man, cities):
     "A function model -> flat metrics of the fixed evaluation sample."
     split = cfg.eval.split if cfg.eval.split in dsd else 'train'
     def f(model):
-        m, _ = evaluate_split(model, tok, dsd, man, cities, split, cfg.eval.n_samples, cfg.eval.seed, cfg.eval.batch_size)
+        m, _ = evaluate_split(model, tok, dsd, man, cities, split, cfg.eval.n_samples, cfg.eval.seed, cfg.eval.batch_size, baselines=False)
         for k in ('median_km', 'mean_km', 'p90_km', 'mean_abs_km', 'median_abs_km'):   # nothing parsed: the worst score, not NaN
             if k in m and not np.isfinite(m[k]): m[k] = 20_016.0 if k.endswith('_km') and 'abs' not in k else 1e9
         keys = ['parse_rate', 'median_km', 'mean_km', 'p90_km', 'within_100km'] if m['task'] == 'loc' else ['parse_rate', 'mean_abs_km', 'median_abs_km']
         out = {k: m[k] for k in keys}
         if man['task'] == 'mix':    # held-out cities are tracked for the curves, never used to select the model
-            h, _ = evaluate_split(model, tok, dsd, man, cities, 'heldout', cfg.eval.n_samples, cfg.eval.seed, cfg.eval.batch_size)
+            h, _ = evaluate_split(model, tok, dsd, man, cities, 'heldout', cfg.eval.n_samples, cfg.eval.seed, cfg.eval.batch_size, baselines=False)
             out.update(heldout_parse_rate=h['parse_rate'], heldout_median_km=h['median_km'] if np.isfinite(h['median_km']) else 20_016.0)
         return out
     return f
@@ -170,12 +171,8 @@ def _checkpoints(d:Path)->list[Path]:
     done = [p for p in d.glob('checkpoint-*') if p.name.split('-')[-1].isdigit() and all((p/f).exists() for f in _CKPT_FILES)]
     return sorted(done, key=lambda p: int(p.name.split('-')[-1]))
 
-def train_experiment(cfg:ExperimentConfig, resume:bool=False, overwrite:bool=False, progress:bool=True)->dict:
-    "Train and evaluate one experiment; returns its final metrics (also written to `metrics.json`)."
-    if cfg.data.task == 'arxiv':   # --- arxiv K-category experiment (issue 7): random windows, same trainer pieces ---
-        from wm_nb.arxiv_train import train_arxiv
-        return train_arxiv(cfg, resume, overwrite, progress)
-    from transformers import TrainingArguments, set_seed
+def experiment_dirs(cfg:ExperimentConfig, resume:bool=False, overwrite:bool=False)->tuple[Path, Path, int, int]:
+    "Experiment folder, checkpoint folder, rank and world size, after the `--resume` / `--overwrite` checks."
     exp = Path(cfg.out_dir)/cfg.name
     ckpt_dir = exp/'checkpoints'
     rank = int(os.environ.get('RANK', 0)); world = int(os.environ.get('WORLD_SIZE', 1))
@@ -185,6 +182,31 @@ def train_experiment(cfg:ExperimentConfig, resume:bool=False, overwrite:bool=Fal
         if not overwrite: raise WMError(f"experiment {exp} already has checkpoints: pass --resume to continue or --overwrite to start again")
         if rank == 0: shutil.rmtree(exp)
     if cfg.train.batch_size % world: raise WMError(f"train.batch_size {cfg.train.batch_size} is not divisible by the {world} processes")
+    return exp, ckpt_dir, rank, world
+
+def training_args(cfg:ExperimentConfig, ckpt_dir:Path, plan:dict, report_to:list, world:int, progress:bool=True, **kw):
+    "The Trainer arguments every wm_nb experiment shares (from `cfg.train` and the step plan); `kw` adds or overrides."
+    from transformers import TrainingArguments
+    t = cfg.train
+    args = dict(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=t.batch_size // world, per_device_eval_batch_size=max(1, t.batch_size // world),
+        learning_rate=t.lr, weight_decay=t.weight_decay, adam_beta2=t.adam_beta2, warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.scheduler, max_steps=plan['max_steps'], max_grad_norm=t.grad_clip,
+        eval_strategy='steps', eval_steps=plan['eval_steps'], save_strategy='steps', save_steps=plan['save_steps'],
+        save_total_limit=t.save_total_limit, load_best_model_at_end=True, metric_for_best_model=t.best_metric, greater_is_better=False,
+        logging_steps=t.logging_steps, logging_first_step=True, report_to=report_to, run_name=cfg.name,
+        seed=t.seed, data_seed=t.seed, use_cpu=not torch.cuda.is_available(), remove_unused_columns=False,
+        optim=t.optim, torch_compile=t.compile, dataloader_num_workers=t.num_workers, disable_tqdm=not progress,
+        ddp_find_unused_parameters=False, ddp_backend='gloo' if not torch.cuda.is_available() and world > 1 else None)
+    return TrainingArguments(**dict(args, **kw))
+
+def train_experiment(cfg:ExperimentConfig, resume:bool=False, overwrite:bool=False, progress:bool=True)->dict:
+    "Train and evaluate one experiment; returns its final metrics (also written to `metrics.json`)."
+    if cfg.data.task == 'arxiv':   # --- arxiv K-category experiment (issue 7): random windows, same trainer pieces ---
+        from wm_nb.arxiv_train import train_arxiv
+        return train_arxiv(cfg, resume, overwrite, progress)
+    from transformers import TrainingArguments, set_seed
+    exp, ckpt_dir, rank, world = experiment_dirs(cfg, resume, overwrite)
     report_to = setup_tracking(cfg, exp)
     args0 = TrainingArguments(output_dir=str(ckpt_dir), use_cpu=not torch.cuda.is_available(), report_to='none')
     with args0.main_process_first(desc='dataset'):
@@ -195,19 +217,8 @@ def train_experiment(cfg:ExperimentConfig, resume:bool=False, overwrite:bool=Fal
     lengths = np.array(tds['train']['length'])
     plan = plan_steps(cfg, len(lengths), float(lengths.mean()))
     t = cfg.train
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir), per_device_train_batch_size=t.batch_size // world, per_device_eval_batch_size=max(1, t.batch_size // world),
-        learning_rate=t.lr, weight_decay=t.weight_decay, adam_beta2=t.adam_beta2, warmup_steps=t.warmup_steps,
-        lr_scheduler_type=t.scheduler, max_steps=plan['max_steps'], max_grad_norm=t.grad_clip,
-        eval_strategy='steps', eval_steps=plan['eval_steps'], save_strategy='steps', save_steps=plan['save_steps'],
-        save_total_limit=t.save_total_limit, load_best_model_at_end=True,
-        metric_for_best_model=t.best_metric, greater_is_better=False,
-        logging_steps=t.logging_steps, logging_first_step=True, report_to=report_to, run_name=cfg.name,
-        seed=t.seed, data_seed=t.seed, use_cpu=not torch.cuda.is_available(), remove_unused_columns=False,
-        train_sampling_strategy='group_by_length' if t.group_by_length else 'random', length_column_name='length',
-        optim=t.optim, torch_compile=t.compile,
-        dataloader_num_workers=t.num_workers, disable_tqdm=not progress, save_only_model=False,
-        ddp_find_unused_parameters=False, ddp_backend='gloo' if not torch.cuda.is_available() and world > 1 else None)
+    args = training_args(cfg, ckpt_dir, plan, report_to, world, progress, save_only_model=False, length_column_name='length',
+                         train_sampling_strategy='group_by_length' if t.group_by_length else 'random')
     set_seed(t.seed)
     model = build_model(cfg, tok)
     params = n_params(model)
