@@ -37,7 +37,7 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['wm_nb', 'wm_nb.*']),
     include_package_data=True,
-    package_data={'wm_nb': ['data/*', 'data/**/*', 'configs/*.yaml']},
+    package_data={'wm_nb': ['data/*', 'data/**/*', 'configs/*.yaml', 'specs/*.yaml']},
     install_requires=requirements,
     extras_require={'dev': dev_requirements},
     dependency_links=cfg.get('dep_links', '').split(),

@@ -69,7 +69,7 @@ def _arxiv_data(cfg:ExperimentConfig):
 def train_arxiv(cfg:ExperimentConfig, resume:bool=False, overwrite:bool=False, progress:bool=True)->dict:
     "Train one K-category run under the token budget; returns its metrics (also in `metrics.json`)."
     from transformers import set_seed
-    from wm_nb.train import build_model, n_params, plan_steps, setup_tracking, make_trainer_class, plot_curves, _checkpoints, experiment_dirs, training_args
+    from wm_nb.trainer import build_model, n_params, plan_steps, setup_tracking, make_trainer_class, plot_curves, checkpoints, experiment_dirs, training_args
     from wm_nb.maps import save_fig
     if cfg.data.task != 'arxiv': raise WMError(f"train_arxiv needs data.task arxiv, got {cfg.data.task!r}")
     a, t = cfg.arxiv, cfg.train
@@ -92,7 +92,7 @@ def train_arxiv(cfg:ExperimentConfig, resume:bool=False, overwrite:bool=False, p
     if not progress:
         from transformers.trainer_callback import PrinterCallback
         trainer.remove_callback(PrinterCallback)          # quiet in notebooks: the history is in log_history.json
-    last = _checkpoints(ckpt_dir)[-1] if resume else None
+    last = checkpoints(ckpt_dir)[-1] if resume else None
     t0 = time.time()
     out = trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
     secs = time.time() - t0
@@ -179,7 +179,7 @@ def plot_sweep(df, title:str=''):
 def arxiv_sweep(cfg:ExperimentConfig, ks=None, overwrite:bool=False, progress:bool=True):
     "Train and evaluate one run per K; write the loss-vs-K table and plot to `<out_dir>/<name>_sweep/`; returns the table."
     import pandas as pd
-    from wm_nb.train import _checkpoints
+    from wm_nb.trainer import checkpoints
     from wm_nb.maps import save_fig
     if cfg.data.task != 'arxiv': raise WMError(f"a sweep needs an arxiv config (data.task arxiv), got data.task {cfg.data.task!r}")
     ks = parse_ks(ks if ks is not None else cfg.arxiv.sweep_ks)
@@ -189,7 +189,7 @@ def arxiv_sweep(cfg:ExperimentConfig, ks=None, overwrite:bool=False, progress:bo
         c = copy.deepcopy(cfg); c.arxiv.k = k; c.name = f"{cfg.name}_k{k}"
         _arxiv_data(c); runs.append(c)                 # K, categories, windows: all checked before any training
     for c in runs:
-        if _checkpoints(Path(c.out_dir)/c.name/'checkpoints') and not overwrite:
+        if checkpoints(Path(c.out_dir)/c.name/'checkpoints') and not overwrite:
             raise WMError(f"{Path(c.out_dir)/c.name} already has checkpoints: pass --overwrite to train the sweep again")
     rows = []
     for c in tqdm(runs, desc='sweep', disable=not progress):

@@ -46,9 +46,10 @@ def to_frame(self:Cities)->pd.DataFrame:
                              country=self.country, population=self.population))
 
 @patch
-def to_csv(self:Cities, path:str|Path):
+def to_csv(self:Cities, path:str|Path): # file to write (a file wm_nb wrote, or a new one)
     "Write the table as CSV; `load_cities(path, min_population=0, keep_order=True)` reads it back exactly."
-    self.to_frame().to_csv(path, index=False, float_format='%.6f', lineterminator='\n')
+    from wm_nb.core import output_file
+    with output_file(path) as tmp: self.to_frame().to_csv(tmp, index=False, float_format='%.6f', lineterminator='\n')
 
 @patch
 def fingerprint(self:Cities)->str:

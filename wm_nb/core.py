@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['WMError', 'cli_errors', 'sweep_stale_tmp', 'atomic_dir', 'write_json', 'read_json', 'package_version']
+__all__ = ['MARKER', 'WMError', 'cli_errors', 'read_ledger', 'record_written', 'mark_dir', 'make_dirs', 'check_replaceable',
+           'output_file', 'remove_tree', 'sweep_stale_tmp', 'atomic_dir', 'write_json', 'read_json', 'package_version']
 
 # %% ../nbs/00_core.ipynb #a0287a40
 class WMError(Exception):
@@ -25,6 +26,109 @@ def cli_errors(prog:str='wm_nb'): # name printed before the message
         raise SystemExit(2) from None
 
 # %% ../nbs/00_core.ipynb #5c3637a4
+MARKER = '.wm_nb.json'
+
+def _hash(path:Path)->str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+    return h.hexdigest()[:16]
+
+def read_ledger(folder:str|Path)->dict|None:
+    "The ledger of `folder` (`{'files': {name: hash}, 'dirs': [names]}`), or None if wm_nb never wrote there."
+    p = Path(folder)/MARKER
+    if not p.is_file(): return None
+    try: d = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError): return None
+    return dict(files=dict(d.get('files', {})), dirs=list(d.get('dirs', [])))
+
+def _write_ledger(folder:Path, led:dict):
+    from wm_nb import __version__
+    d = dict(written_by='wm_nb', wm_nb_version=__version__, files=dict(sorted(led['files'].items())), dirs=sorted(set(led['dirs'])))
+    tmp = folder/f".{MARKER}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(d, indent=1, sort_keys=True) + '\n'); tmp.replace(folder/MARKER)
+
+# %% ../nbs/00_core.ipynb #1d6f9130
+def record_written(path:str|Path): # a file or folder wm_nb has just written
+    "Add `path` to its folder's ledger (files with their content hash)."
+    path = Path(path)
+    led = read_ledger(path.parent) or dict(files={}, dirs=[])
+    if path.is_dir(): led['dirs'] = sorted(set(led['dirs']) | {path.name}); led['files'].pop(path.name, None)
+    else: led['files'][path.name] = _hash(path)
+    _write_ledger(path.parent, led)
+
+def mark_dir(folder:str|Path): # a folder whose every entry wm_nb wrote
+    "Give `folder` a ledger listing all its entries."
+    folder = Path(folder)
+    led = dict(files={}, dirs=[])
+    for p in folder.iterdir():
+        if p.name == MARKER: continue
+        if p.is_dir(): led['dirs'].append(p.name)
+        else: led['files'][p.name] = _hash(p)
+    _write_ledger(folder, led)
+
+def make_dirs(folder:str|Path)->Path: # a folder to create (with any missing parents)
+    "Create `folder` and its missing parents; the ones created are wm_nb's (ledgered, and recorded in their parent's ledger)."
+    folder = Path(folder)
+    missing = [p for p in [folder, *folder.parents] if not p.exists()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in missing:
+        if read_ledger(p) is None: _write_ledger(p, dict(files={}, dirs=[]))
+        record_written(p)
+    return folder
+
+# %% ../nbs/00_core.ipynb #befd424c
+def _legacy_owned(folder:Path)->bool:
+    "A folder wm_nb 0.1 wrote: its manifest or metrics records `wm_nb_version`."
+    for f in ('manifest.json', 'metrics.json'):
+        try:
+            if (folder/f).is_file() and 'wm_nb_version' in json.loads((folder/f).read_text()): return True
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError): pass
+    return False
+
+def check_replaceable(path:str|Path, # a file or folder about to be replaced
+                      how:str='move it away or choose another output path'): # the fix, said to the user
+    "Raise a `WMError` unless `path` is absent or was written by wm_nb and is unchanged since."
+    path = Path(path)
+    if not path.exists() and not path.is_symlink(): return
+    if path.is_symlink(): raise WMError(f"{path} is a symbolic link, which wm_nb never writes: refusing to replace it; {how}")
+    if path.is_dir():
+        led = read_ledger(path)
+        if led is None:
+            if _legacy_owned(path): return
+            raise WMError(f"{path} exists and was not written by wm_nb (it has no {MARKER}): refusing to replace it; {how}")
+        extra = sorted(p.name for p in path.iterdir() if p.name != MARKER and p.name not in led['files'] and p.name not in led['dirs'])
+        if extra: raise WMError(f"{path} holds {extra[0]!r}, which wm_nb did not write: refusing to replace the folder; move that out first, or {how}")
+        return
+    led = read_ledger(path.parent)
+    if led is None or path.name not in led['files']:
+        raise WMError(f"{path} exists and was not written by wm_nb: refusing to overwrite it; {how}")
+    if led['files'][path.name] != _hash(path):
+        raise WMError(f"{path} was changed since wm_nb wrote it: refusing to overwrite it; {how}")
+
+# %% ../nbs/00_core.ipynb #6b8fb369
+@contextmanager
+def output_file(path:str|Path, # the file to write
+                how:str='move it away or choose another output path'): # the fix, if it is not wm_nb's
+    "Yield a temporary path that becomes `path` (recorded in the ledger) when the block completes."
+    path = Path(path)
+    check_replaceable(path, how)
+    make_dirs(path.parent)
+    tmp = path.parent/f".{path.name}.tmp-{os.getpid()}"
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally: tmp.unlink(missing_ok=True)
+    record_written(path)
+
+def remove_tree(path:str|Path, how:str='move it away or choose another name'):
+    "Delete a folder wm_nb wrote (refusing anything else)."
+    path = Path(path)
+    check_replaceable(path, how)
+    if path.exists(): shutil.rmtree(path)
+
+# %% ../nbs/00_core.ipynb #4b78f1c3
 def _pid_alive(pid:int)->bool:
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
@@ -32,7 +136,7 @@ def _pid_alive(pid:int)->bool:
     return True
 
 def sweep_stale_tmp(parent:Path):
-    "Clean up after writers killed mid-write: drop their `.<name>.tmp-<pid>` folders, restore a `.<name>.old-<pid>` whose replacement never arrived."
+    "Clean up after writers killed mid-write: drop their `.<name>.tmp-<pid>` files and folders, restore a `.<name>.old-<pid>` whose replacement never arrived."
     parent = Path(parent)
     if not parent.is_dir(): return
     for p in list(parent.glob('.*.tmp-*')) + list(parent.glob('.*.old-*')):
@@ -40,23 +144,26 @@ def sweep_stale_tmp(parent:Path):
         if not pid.isdigit() or _pid_alive(int(pid)): continue
         dest = parent/stem[1:].rsplit('.', 1)[0]
         if stem.endswith('.old') and not dest.exists(): p.rename(dest)   # killed between the two renames
-        else: shutil.rmtree(p, ignore_errors=True)
+        elif p.is_dir(): shutil.rmtree(p, ignore_errors=True)
+        else: p.unlink(missing_ok=True)
 
-# %% ../nbs/00_core.ipynb #1d6f9130
+# %% ../nbs/00_core.ipynb #92b0caa8
 @contextmanager
 def atomic_dir(dest:str|Path, # folder to create
-               overwrite:bool=False): # replace an existing `dest`?
+               overwrite:bool=False, # replace an existing `dest` (only one wm_nb wrote)?
+               how:str='pass --overwrite (overwrite=True) or choose another path'): # the fix when `dest` exists
     "Yield a temporary folder that becomes `dest` only if the block completes."
     dest = Path(dest)
-    if dest.exists() and not overwrite:
-        raise WMError(f"{dest} already exists: pass --overwrite (overwrite=True) or choose another path")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    if (dest.exists() or dest.is_symlink()) and not overwrite: raise WMError(f"{dest} already exists: {how}")
+    check_replaceable(dest, 'move it away or choose another path')
+    make_dirs(dest.parent)
     sweep_stale_tmp(dest.parent)
     tmp = dest.parent/f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         yield tmp
+        mark_dir(tmp)
         if dest.exists():
             old = dest.parent/f".{dest.name}.old-{os.getpid()}"
             dest.rename(old); tmp.rename(dest); shutil.rmtree(old, ignore_errors=True)
@@ -64,11 +171,12 @@ def atomic_dir(dest:str|Path, # folder to create
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    record_written(dest)
 
 # %% ../nbs/00_core.ipynb #30259742
 def write_json(obj, path:str|Path):
-    "Write `obj` as stable, human-readable JSON (sorted keys, trailing newline)."
-    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + '\n')
+    "Write `obj` as stable, human-readable JSON (sorted keys, trailing newline), through `output_file`."
+    with output_file(path) as tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + '\n')
 
 def _json_default(o):
     import numpy as np

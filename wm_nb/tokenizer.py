@@ -28,6 +28,10 @@ def check_text(text:str, where:str='text'):
                                f"is not in the 44-token vocabulary (a-z, 0-9, ( ) , = _); remove or replace it")
 
 # %% ../nbs/07_tokenizer.ipynb #70ba8eba
+def _bos_only():
+    from tokenizers import processors
+    return processors.TemplateProcessing(single='<bos> $A', pair='<bos> $A $B:1', special_tokens=[('<bos>', 0)])
+
 def build_tokenizer():
     "The 44-token character tokenizer as a `PreTrainedTokenizerFast`."
     from tokenizers import Tokenizer, Regex, models, pre_tokenizers, decoders, processors
@@ -35,42 +39,50 @@ def build_tokenizer():
     tk = Tokenizer(models.WordLevel({t: i for i, t in enumerate(VOCAB)}, unk_token=None))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex('.'), behavior='isolated')
     tk.decoder = decoders.Fuse()
-    tk.post_processor = processors.TemplateProcessing(single='<bos> $A <eos>', pair='<bos> $A <eos> $B <eos>',
-                                                      special_tokens=[('<bos>', 0), ('<eos>', 1)])
+    tk.post_processor = _bos_only()
     tk.add_special_tokens(SPECIAL_TOKENS)
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token='<bos>', eos_token='<eos>', pad_token='<pad>',
                                    clean_up_tokenization_spaces=False, model_max_length=4096)
 
 # %% ../nbs/07_tokenizer.ipynb #26d0de42
-def encode(tok, text:str, add_special_tokens:bool=True)->list[int]:
-    "Token ids of `text` (wrapped in `<bos>`…`<eos>`), after checking every character is in the vocabulary."
+def encode(tok, # the wm_nb tokenizer
+           text:str, # text in the 44-token language
+           add_special_tokens:bool=True)->list[int]: # put `<bos>` in front
+    "Token ids of `text` (after `<bos>`), after checking every character is in the vocabulary."
     check_text(text)
     return tok(text, add_special_tokens=add_special_tokens)['input_ids']
 
-def decode(tok, ids)->str:
+def decode(tok, # the wm_nb tokenizer
+           ids)->str: # token ids
     "The text of token ids, special tokens dropped."
     return tok.decode(ids, skip_special_tokens=True)
 
 # %% ../nbs/07_tokenizer.ipynb #6d266bec
-def save_tokenizer(path:str|Path, overwrite:bool=False)->Path:
+def save_tokenizer(path:str|Path, # folder to write
+                   overwrite:bool=False)->Path: # replace a tokenizer folder wm_nb wrote
     "Write the tokenizer folder (loadable with `AutoTokenizer.from_pretrained`)."
     path = Path(path)
     with atomic_dir(path, overwrite=overwrite) as tmp: build_tokenizer().save_pretrained(str(tmp))
     return path
 
-def load_tokenizer(path:str|Path):
+def load_tokenizer(path:str|Path): # a tokenizer folder (or a model folder holding one)
     "Load a tokenizer folder with `AutoTokenizer` (offline) and check it has the 44-token vocabulary."
     from transformers import AutoTokenizer
     path = Path(path)
     if not (path/'tokenizer.json').exists(): raise WMError(f"tokenizer {path} not found (no tokenizer.json): create it with wm_data")
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    if tok.convert_ids_to_tokens(list(range(len(tok)))) != VOCAB:
+    if len(tok) != len(VOCAB) or tok.convert_ids_to_tokens(list(range(len(tok)))) != VOCAB:
         raise WMError(f"tokenizer {path} does not have the 44-token wm_nb vocabulary: re-create it with wm_data")
+    if tok('a')['input_ids'] != [tok.bos_token_id, VOCAB.index('a')]:
+        tok._tokenizer.post_processor = _bos_only()        # a folder from wm_nb 0.1 (it appended <eos>): corrected in memory
     return tok
 
 # %% ../nbs/07_tokenizer.ipynb #52d6827a
-def check_roundtrip(tok, texts, batch_size:int=10_000, where:str='dataset')->int:
-    "Check decode(encode(t)) == t and `<bos>`/`<eos>` wrapping for every text; returns how many were checked."
+def check_roundtrip(tok, # the wm_nb tokenizer
+                    texts, # a list (or dataset column) of texts
+                    batch_size:int=10_000, # texts per batch
+                    where:str='dataset')->int: # named in the error
+    "Check decode(encode(t)) == t and the leading `<bos>` for every text; returns how many were checked."
     n = 0
     for s in range(0, len(texts), batch_size):
         batch = list(texts[s:s+batch_size])
@@ -78,7 +90,7 @@ def check_roundtrip(tok, texts, batch_size:int=10_000, where:str='dataset')->int
         ids = tok(batch)['input_ids']
         back = tok.batch_decode(ids, skip_special_tokens=True)
         for k, (t, b, e) in enumerate(zip(batch, back, ids)):
-            if b != t or e[0] != tok.bos_token_id or e[-1] != tok.eos_token_id or len(e) != len(t) + 2:
+            if b != t or e[0] != tok.bos_token_id or len(e) != len(t) + 1:
                 raise AssertionError(f"{where} row {s+k}: {t!r} round-trips to {b!r}")
         n += len(batch)
     return n

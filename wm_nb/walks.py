@@ -7,18 +7,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, pyarrow as pa, pyarrow.compute as pc
-from datasets import DatasetDict, Dataset, concatenate_datasets
+import re
+import pandas as pd
 from tqdm.auto import tqdm
 from scipy.spatial import cKDTree
 from .core import WMError
 from .geo import haversine_km, chord_for_km
 from .cities import Cities, load_cities
 from .spatial import neighbour_pairs
-from .tasks import to_dataset, location_columns
+from .tasks import Task, register, get_task, joined_ids, task_columns, rows_of, row_lengths
 
 # %% auto #0
-__all__ = ['NeighbourGraph', 'neighbour_graph', 'random_walks', 'check_walks', 'random_walks_reference', 'walk_prompt',
-           'walk_columns', 'walk_dataset', 'mix_dataset', 'plot_walk_lengths']
+__all__ = ['WALK', 'NeighbourGraph', 'neighbour_graph', 'random_walks', 'check_walks', 'random_walks_reference', 'walk_prompt',
+           'parse_walk', 'walk_stats', 'WalkTask', 'plot_walk_lengths']
 
 # %% ../nbs/06_walks.ipynb #d501e795
 @dataclass
@@ -138,73 +139,82 @@ def random_walks_reference(cities:Cities, n_walks:int, threshold_km:float=200.0,
 
 # %% ../nbs/06_walks.ipynb #b6208065
 def walk_prompt(threshold_km:float)->str:
+    "`srd_<T>=`, checking that `T` can be written in the vocabulary."
     if float(threshold_km) != int(threshold_km) or threshold_km <= 0:
         raise WMError(f"--threshold_km must be a positive whole number of km (the text format srd_<T> has no '.'), got {threshold_km}")
     return f"srd_{int(threshold_km)}="
 
-def walk_columns(walks:np.ndarray, lengths:np.ndarray, threshold_km:float)->dict:
-    "Columns `text`, `prompt`, `completion`, `cities` of walk samples (Arrow arrays)."
-    prompt = walk_prompt(threshold_km)
-    n_cities = int(walks.max()) + 1 if walks.size else 0
-    tokens = pa.array([f"c_{i}" for i in range(n_cities)], pa.string())
-    flat = walks[walks >= 0].astype(np.int32)   # row-major: walk by walk, in order
-    offsets = np.zeros(len(lengths) + 1, np.int32); np.cumsum(lengths, out=offsets[1:])
-    comp = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), tokens.take(pa.array(flat, pa.int32()))), ',')
-    prompts = pa.array(np.full(len(lengths), prompt, dtype=object), pa.string())
-    text = pc.binary_join_element_wise(prompts, comp, '')
-    return dict(text=text, prompt=prompts, completion=comp,
-                cities=pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int32())))
+_WALK = re.compile(r'c_(0|[1-9]\d*)(,c_(0|[1-9]\d*))*')
 
-# %% ../nbs/06_walks.ipynb #c6710221
-def walk_dataset(cities:Cities, n_train:int|None=None, n_val:int=0, all_:bool=False, seed:int=42,
-                 threshold_km:float=200.0, max_len:int=32, graph:NeighbourGraph|None=None,
-                 progress:bool=False)->tuple[DatasetDict, dict]:
-    "Random-walk samples `srd_<T>=c_<a>,c_<b>,...`; returns the `DatasetDict` and its options."
-    walk_prompt(threshold_km)
-    if not all_ and n_train is None: raise WMError("give --n_train N or --all")
-    if (n_train or 0) < 0 or n_val < 0: raise WMError("--n_train and --n_val must be >= 0")
-    g = graph if graph is not None and graph.threshold_km == threshold_km else neighbour_graph(cities, threshold_km)
-    starts = np.arange(len(cities)) if all_ else None
-    w, l = random_walks(g, len(cities) if all_ else n_train, max_len, seed, starts=starts, progress=progress)
-    d = DatasetDict(train=to_dataset(walk_columns(w, l, threshold_km)))
-    if n_val:
-        wv, lv = random_walks(g, n_val, max_len, seed + 1, progress=progress)
-        d['validation'] = to_dataset(walk_columns(wv, lv, threshold_km))
-    return d, dict(task='walk', all=all_, n_train=int(len(l)), n_val=n_val, seed=seed, threshold_km=int(threshold_km),
-                   max_len=max_len, validation_overlaps_train=False, mean_length=float(l.mean()) if len(l) else 0.0)
+def parse_walk(text:str, n_cities:int)->list[int]|None:
+    "City ids of a walk text `c_<a>,c_<b>,...`; `None` if it breaks the format or names a city that does not exist."
+    if not _WALK.fullmatch(text): return None
+    ids = [int(t[2:]) for t in text.split(',')]
+    return ids if max(ids) < n_cities else None
 
-# %% ../nbs/06_walks.ipynb #421d8247
-def _unified(cols:dict, task:str)->Dataset:
-    "One table layout for location and walk rows (so the two can be concatenated)."
-    n = len(cols['text'])
-    if task == 'loc':
-        city = np.asarray(cols['city'], np.int32)
-        members = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), pa.array(city))
-    else:
-        city, members = np.full(n, -1, np.int32), cols["cities"]
-    return to_dataset(dict(text=cols['text'], prompt=cols['prompt'], completion=cols['completion'],
-                           task=pa.array([task]*n, pa.string()), city=city, cities=members))
+# %% ../nbs/06_walks.ipynb #28a1e68a
+def walk_stats(cities:Cities, walks:list, threshold_km:float, max_len:int=32)->dict:
+    "Validity, hop and repeat statistics of walks (lists of ids, or `None` for a walk that did not parse)."
+    valid = [w for w in walks if w is not None and len(w) <= max_len]
+    hops = np.concatenate([haversine_km(cities.lat[w[:-1]], cities.lon[w[:-1]], cities.lat[w[1:]], cities.lon[w[1:]])
+                           for w in map(np.asarray, valid) if len(w) > 1] or [np.empty(0)])
+    n_cities = sum(len(w) for w in valid)
+    repeats = sum(len(w) - len(set(w)) for w in valid)
+    f = lambda ok, v: float(v) if ok else None
+    return dict(n=len(walks), valid_rate=len(valid)/max(len(walks), 1), n_hops=int(len(hops)),
+                hops_within_T=f(len(hops), (hops <= threshold_km).mean() if len(hops) else 0),
+                median_hop_km=f(len(hops), np.median(hops) if len(hops) else 0),
+                repeat_rate=f(n_cities, repeats/max(n_cities, 1)),
+                walks_with_repeat=f(valid, np.mean([len(w) != len(set(w)) for w in valid]) if valid else 0),
+                mean_length=f(valid, np.mean([len(w) for w in valid]) if valid else 0))
 
-def mix_dataset(cities:Cities, n_walks:int, n_heldout:int, n_val:int=0, seed:int=42, threshold_km:float=200.0,
-                max_len:int=32, graph:NeighbourGraph|None=None, progress:bool=False)->tuple[DatasetDict, dict]:
-    "Walks over all cities + locations of all but `n_heldout` cities; splits `train`, `validation` (known cities) and `heldout`."
-    walk_prompt(threshold_km)
-    n = len(cities)
-    if not 1 <= n_heldout < n: raise WMError(f"--n_heldout must be between 1 and {n-1:,} (the number of cities - 1), got {n_heldout:,}")
-    if n_walks < 1: raise WMError(f"--n_walks must be >= 1, got {n_walks}")
-    if not 0 <= n_val <= n - n_heldout: raise WMError(f"--n_val must be between 0 and the {n-n_heldout:,} known cities, got {n_val:,}")
-    rng = np.random.default_rng(seed)
-    held = np.sort(rng.choice(n, n_heldout, replace=False))
-    known = np.setdiff1d(np.arange(n), held)
-    g = graph if graph is not None and graph.threshold_km == threshold_km else neighbour_graph(cities, threshold_km)
-    w, l = random_walks(g, n_walks, max_len, seed, progress=progress)
-    train = concatenate_datasets([_unified(walk_columns(w, l, threshold_km), 'walk'), _unified(location_columns(cities, known), 'loc')])
-    d = DatasetDict(train=train.shuffle(seed=seed).flatten_indices())
-    if n_val: d['validation'] = _unified(location_columns(cities, np.sort(rng.choice(known, n_val, replace=False))), 'loc')
-    d['heldout'] = _unified(location_columns(cities, held), 'loc')
-    return d, dict(task='mix', n_walks=int(n_walks), n_heldout=int(n_heldout), n_known=int(len(known)), n_train=int(d['train'].num_rows),
-                   n_val=n_val, seed=seed, threshold_km=int(threshold_km), max_len=max_len, validation_overlaps_train=True,
-                   mean_length=float(l.mean()))
+# %% ../nbs/06_walks.ipynb #f915865f
+class WalkTask(Task):
+    "Random walks `srd_<T>=c_<a>,c_<b>,...`; parameters `threshold_km` (T) and `max_len`."
+    name, kind, unit = 'walk', 'walk', 'km'
+    sampling = 'uniform start city, uniform unvisited neighbour within T km (see above)'
+    def __init__(self, threshold_km:float=200, max_len:int=32):
+        walk_prompt(threshold_km)
+        if max_len < 1: raise WMError(f"--max_len must be >= 1, got {max_len}")
+        super().__init__(threshold_km=int(threshold_km), max_len=int(max_len))
+        self.threshold_km, self.max_len, self.k, self._graphs = int(threshold_km), int(max_len), (1, int(max_len)), {}
+    def graph(self, cities:Cities, pool)->tuple[NeighbourGraph, np.ndarray]:
+        "The neighbour graph of the `pool` cities (cached), and the pool."
+        pool = np.asarray(pool); key = (cities.fingerprint(), len(pool), int(pool.sum()))
+        if key not in self._graphs:
+            sub = cities if len(pool) == len(cities) and (pool == np.arange(len(cities))).all() else cities.subset(pool)
+            self._graphs = {key: neighbour_graph(sub, self.threshold_km)}
+        return self._graphs[key], pool
+    def sample(self, cities, n, rng, pool, must=None, starts=None, progress=False):
+        "Walks over the `pool` cities; `must` (or `starts`) gives the start cities."
+        g, pool = self.graph(cities, pool)
+        pos = {c: k for k, c in enumerate(pool.tolist())}
+        if starts is None and must is not None and len(must): starts = np.asarray(must)[rng.integers(0, len(must), n)]
+        st = None if starts is None else np.array([pos[int(c)] for c in starts])
+        w, l = random_walks(g, n, self.max_len, int(rng.integers(2**62)), starts=st, progress=progress)
+        return np.where(w >= 0, pool[np.maximum(w, 0)], -1)
+    def answers(self, cities, ids): return np.asarray(ids)
+    def prompts(self, ids): return pa.array(np.full(len(ids), walk_prompt(self.threshold_km), dtype=object), pa.string())
+    def completions(self, answers): return joined_ids(answers)
+    def eval_prompts(self, ids): return [f"{walk_prompt(self.threshold_km)}c_{int(s)}," for s in np.asarray(ids)[:, 0]]
+    sampled = True
+    def max_new_tokens(self, n_cities:int)->int: return (self.max_len - 1)*(len(str(n_cities)) + 3) + 1
+    def probe_prefix(self, i:int)->str: return f"{walk_prompt(self.threshold_km)}c_{int(i)},"
+    def score(self, cities, ids, completions, reference=None, seed:int=0):
+        "Validity of walks continued from each row's start city, beside walks whose next cities are uniformly random."
+        rng = np.random.default_rng(seed)
+        starts = np.asarray(ids)[:, 0]
+        texts = [f"c_{s},{c}" for s, c in zip(starts, completions)]     # an immediate <eos> leaves "c_<start>," : invalid
+        walks = [parse_walk(x, len(cities)) for x in texts]
+        lengths = [min(len(w), self.max_len) if w is not None else int(rng.integers(2, self.max_len + 1)) for w in walks]
+        base = [[int(s)] + rng.integers(0, len(cities), L - 1).tolist() for s, L in zip(starts, lengths)]
+        m = dict(task=self.name, threshold_km=self.threshold_km, max_len=self.max_len, **walk_stats(cities, walks, self.threshold_km, self.max_len))
+        m['floor'] = dict(walk_stats(cities, base, self.threshold_km, self.max_len), rule='random next city')
+        table = pd.DataFrame(dict(start=starts, text=texts, valid=[w is not None and len(w) <= self.max_len for w in walks],
+                                  length=[len(w) if w is not None else 0 for w in walks]))
+        return m, table
+
+WALK = register(WalkTask())
 
 # %% ../nbs/06_walks.ipynb #09062941
 def plot_walk_lengths(lengths:np.ndarray, max_len:int=32, ax=None):
