@@ -11,10 +11,10 @@ import numpy as np, torch
 from transformers import TrainerCallback
 from wm_nb.config import load_config
 from wm_nb.cities import load_cities
-from wm_nb.tasks import location_dataset
-from wm_nb.walks import walk_dataset
+from wm_nb.mixtures import build_mixture
 from wm_nb.tokenizer import build_tokenizer
-from wm_nb.train import build_model, tokenize_dataset, AnswerOnlyCollator, make_trainer_class, n_params
+from wm_nb.trainer import build_model, make_trainer_class, n_params
+from wm_nb.train import tokenize_dataset, AnswerOnlyCollator
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument('--config', default='default')
@@ -78,7 +78,7 @@ print(f"config {a.config}: batch {cfg.train.batch_size}, attention {cfg.model.at
       f"measured fp32 matmul peak {peak/1e9:.1f} GFLOP/s")
 out = {}
 for task in a.tasks.split(','):
-    dsd = location_dataset(cities, all_=True)[0] if task == 'loc' else walk_dataset(cities, a.n_walks, seed=0)[0]
+    dsd = build_mixture(cities, {'seed': 0, 'tasks': {'loc': 'all'} if task == 'loc' else {'walk': a.n_walks}})[0]
     ds = tokenize_dataset(dsd, tok)['train']
     lens = np.array(ds['length'])
     naives, ours_ = [], []

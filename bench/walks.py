@@ -8,8 +8,8 @@ Prints walks/s of both, their ratio (target >= 10x), and the wall time to genera
 import argparse, tempfile, time, json, os
 import numpy as np
 from wm_nb.cities import load_cities
-from wm_nb.walks import neighbour_graph, random_walks, random_walks_reference, walk_dataset, check_walks
-from wm_nb.tasks import make_manifest, save_task_dataset
+from wm_nb.walks import neighbour_graph, random_walks, random_walks_reference, check_walks
+from wm_nb.mixtures import build_mixture, make_manifest, save_dataset
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument('--n_ref', type=int, default=2000, help='walks for the per-step reference loop')
@@ -30,8 +30,8 @@ print(f"speed-up: {vec_rate/ref_rate:,.0f}x (target >= 10x)")
 
 with tempfile.TemporaryDirectory() as d:
     t = time.perf_counter()
-    dsd, opts = walk_dataset(cities, a.n_walks, 0, seed=0, threshold_km=a.threshold_km, graph=g)
-    save_task_dataset(dsd, make_manifest(cities, opts, dsd), cities, f"{d}/walks")
+    dsd, info, c = build_mixture(cities, {'seed': 0, 'tasks': {'walk': {'n': a.n_walks, 'threshold_km': a.threshold_km}}})
+    save_dataset(dsd, make_manifest(c, info, dsd), c, f"{d}/walks")
     t_all = time.perf_counter() - t
 print(f"{a.n_walks:,} walks generated and saved as a DatasetDict in {t_all:.1f} s (target < 60 s)")
 print(json.dumps(dict(ref_walks_per_s=ref_rate, vec_walks_per_s=vec_rate, ratio=vec_rate/ref_rate, generate_and_save_s=t_all, n_walks=a.n_walks)))

@@ -8,23 +8,25 @@ import pytest
 
 from wm_nb.core import WMError
 from wm_nb.cities import Cities
-from wm_nb.tasks import load_task_dataset, save_task_dataset, make_manifest, location_dataset
+from wm_nb.mixtures import load_dataset, save_dataset, make_manifest, build_mixture, normalise_spec
 
 NAME = 'big'
 
-# Writes a DatasetDict of `n` rows with the real `save_task_dataset` (atomic_dir + save_to_disk + cities + manifest).
+# Writes a DatasetDict of `n` rows with the real `save_dataset` (atomic_dir + save_to_disk + cities + manifest).
 WRITER = textwrap.dedent("""
     import sys, pyarrow as pa
-    from datasets import DatasetDict
+    from datasets import Dataset, DatasetDict
+    from datasets.table import InMemoryTable
     from wm_nb.cities import Cities
-    from wm_nb.tasks import to_dataset, make_manifest, save_task_dataset
+    from wm_nb.mixtures import make_manifest, save_dataset, normalise_spec
     out, n = sys.argv[1], int(sys.argv[2])
     cities = Cities(['a', 'b'], [0.0, 1.0], [0.0, 1.0], ['xx', 'xx'], [200000, 200000])
     text = pa.array(['dist(c_0,c_1)=157'], pa.string()).take(pa.array([0]*n))
-    dsd = DatasetDict(train=to_dataset(dict(text=text, prompt=text, completion=text)))
-    man = make_manifest(cities, dict(task='distance', n_train=n), dsd)
+    ids = pa.array([[0, 1]], pa.list_(pa.int32())).take(pa.array([0]*n))
+    dsd = DatasetDict(train=Dataset(InMemoryTable(pa.table(dict(text=text, prompt=text, completion=text, task=pa.array(['dist']*n), cities=ids)))))
+    man = make_manifest(cities, dict(spec=normalise_spec({'tasks': {'dist': n}}), tasks=['dist']), dsd)
     print('generated', flush=True)
-    save_task_dataset(dsd, man, cities, out + '/' + 'big')
+    save_dataset(dsd, man, cities, out + '/' + 'big')
     print('saved', flush=True)
 """)
 
@@ -69,18 +71,18 @@ def test_killed_write_leaves_no_dataset_and_is_swept(tmp_path, subprocess_env):
     assert list(tmp.glob('train/*.arrow')), "the kill should have landed while the data was being written"
     assert not (tmp/'manifest.json').exists()
     assert not dest.exists()
-    with pytest.raises(WMError, match='not found'): load_task_dataset(dest)
+    with pytest.raises(WMError, match='not found'): load_dataset(dest)
     # a live process's temporary folder must survive the sweep (it may still be writing)
     live = parent/f'.other.tmp-{os.getpid()}'
     live.mkdir()
     # a new, successful write into the same folder removes the stale temporary folder
     cities = Cities(['a', 'b', 'c'], [0.0, 1.0, 2.0], [0.0, 1.0, 2.0], ['xx']*3, [200000]*3)
-    dsd, opts = location_dataset(cities, all_=True)
-    save_task_dataset(dsd, make_manifest(cities, opts, dsd), cities, dest)
+    dsd, info, cities = build_mixture(cities, {'tasks': {'loc': 'all'}})
+    save_dataset(dsd, make_manifest(cities, info, dsd), cities, dest)
     assert not tmp.exists(), "stale temporary folder of the killed writer was not swept"
     assert live.is_dir(), "the temporary folder of a live process was swept"
-    assert sorted(p.name for p in parent.iterdir()) == sorted([NAME, live.name])
-    back, man, c = load_task_dataset(dest)
+    assert sorted(p.name for p in parent.iterdir()) == sorted(['.wm_nb.json', NAME, live.name])
+    back, man, c = load_dataset(dest)
     assert back['train']['text'] == dsd['train']['text'] and man['counts'] == {'train': 3}
     assert c.fingerprint() == cities.fingerprint()
 
@@ -98,4 +100,4 @@ def test_failed_write_leaves_nothing(tmp_path):
 def test_incomplete_folder_is_not_a_dataset(tmp_path):
     (tmp_path/'half').mkdir()
     (tmp_path/'half'/'dataset_dict.json').write_text('{"splits": ["train"]}')
-    with pytest.raises(WMError, match='not a wm_nb dataset'): load_task_dataset(tmp_path/'half')
+    with pytest.raises(WMError, match='not a wm_nb dataset'): load_dataset(tmp_path/'half')

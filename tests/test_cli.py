@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from wm_nb.core import WMError
-from wm_nb.tasks import load_task_dataset
+from wm_nb.mixtures import load_dataset
+from wm_nb.tasks import rows_of
 from wm_nb.walks import check_walks
 
 PNG = b'\x89PNG\r\n\x1a\n'
@@ -53,8 +54,8 @@ def test_wm_data_small_writes_everything(small_run):
     for f in expected: assert (out/f).is_file(), f"{f} not written"
     for f in expected:
         if f.endswith('.png'): assert_png(out/f)
-    assert sorted(p.name for p in (out/'datasets').iterdir()) == \
-        ['dist_100kplus_2000_42', 'loc_100kplus_all_42', 'mix200h500_100kplus_2000_42', 'srd200_100kplus_2000_42']
+    assert sorted(p.name for p in (out/'datasets').iterdir() if p.name != '.wm_nb.json') == \
+        ['dist_100kplus_2000_42', 'loc_100kplus_all_42', 'srd200_100kplus_2000_42', 'walk_loc_h500_100kplus_42']
     # no temporary folders left behind anywhere
     assert not [p for p in out.rglob('*') if '.tmp-' in p.name or '.old-' in p.name]
 
@@ -76,28 +77,31 @@ def test_wm_data_small_cities_and_analysis(small_run, default_cities):
     assert stats['mean'] > 1   # 200 km neighbours exist for the 100k+ table
 
 
-@pytest.mark.parametrize('name,task,n_train,n_val,pattern', [
-    ('loc_100kplus_all_42', 'location', N_CITIES, 128, r'loc\(c_\d+\)=\d+,\d+'),
-    ('dist_100kplus_2000_42', 'distance', 2000, 100, r'dist\(c_\d+,c_\d+\)=\d+'),
-    ('srd200_100kplus_2000_42', 'walk', 2000, 100, r'srd_200=c_\d+(,c_\d+)*'),
-    ('mix200h500_100kplus_2000_42', 'mix', 2000 + N_CITIES - 500, 128, r'srd_200=c_\d+(,c_\d+)*|loc\(c_\d+\)=\d+,\d+'),
+@pytest.mark.parametrize('name,tasks,counts,pattern', [
+    ('loc_100kplus_all_42', ['loc'], {'train': N_CITIES, 'validation': 128}, r'loc\(c_\d+\)=\d+,\d+'),
+    ('dist_100kplus_2000_42', ['dist'], {'train': 2000, 'validation': 100}, r'dist\(c_\d+,c_\d+\)=\d+'),
+    ('srd200_100kplus_2000_42', ['walk'], {'train': 2000, 'validation': 100}, r'srd_200=c_\d+(,c_\d+)*'),
+    ('walk_loc_h500_100kplus_42', ['walk', 'loc'], {'train': 100_000 + N_CITIES - 500, 'validation': 128, 'heldout_loc': 500, 'heldout_walk': 1000},
+     r'srd_200=c_\d+(,c_\d+)*|loc\(c_\d+\)=\d+,\d+'),
 ])
-def test_wm_data_small_datasets(small_run, name, task, n_train, n_val, pattern):
+def test_wm_data_small_datasets(small_run, name, tasks, counts, pattern):
     out, _ = small_run
-    dsd, man, cities = load_task_dataset(out/'datasets'/name)
-    assert man['task'] == task
-    assert man['counts'] == {'train': n_train, 'validation': n_val, **({'heldout': 500} if task == 'mix' else {})}
+    dsd, man, cities = load_dataset(out/'datasets'/name)
+    assert man['tasks'] == tasks
+    assert man['counts'] == counts
     assert {k: v.num_rows for k, v in dsd.items()} == man['counts']
     assert man['cities']['n'] == len(cities) == N_CITIES
     for split in dsd:
         texts = dsd[split]['text']
         assert all(re.fullmatch(pattern, t) for t in texts), f"{name}/{split}: a text breaks the format"
-    if task == 'location':
-        assert sorted(dsd['train']['city']) == list(range(N_CITIES))    # --all: every city exactly once
-    if task == 'mix':      # locations of every city but the held-out ones, which are all in 'heldout'
+    if tasks == ['loc']:
+        assert sorted(rows_of(dsd['train'].data.table['cities'])[:, 0]) == list(range(N_CITIES))    # all: every city exactly once
+    if 'walk' in tasks and 'loc' in tasks:      # locations of every city but the held-out ones, which are all in heldout_loc
         tr = dsd['train'].to_pandas()
-        assert sorted(tr.loc[tr.task == 'loc', 'city'].tolist() + list(dsd['heldout']['city'])) == list(range(N_CITIES))
-    if task == 'walk':
+        loc_ids = [c[0] for c in tr.loc[tr.task == 'loc', 'cities']]
+        assert sorted(loc_ids + [c[0] for c in dsd['heldout_loc']['cities']]) == list(range(N_CITIES))
+        assert sorted(c[0] for c in dsd['heldout_loc']['cities']) == man['heldout_cities']
+    if tasks == ['walk']:
         for split in dsd:
             ws = dsd[split]['cities']
             lengths = np.array([len(w) for w in ws])
@@ -111,7 +115,7 @@ def test_wm_data_tokenizer_loads_offline_with_autotokenizer(small_run, subproces
     tok = out/'tokenizer'/'wm_tokenizer'
     samples = []
     for name in ['loc_100kplus_all_42', 'dist_100kplus_2000_42', 'srd200_100kplus_2000_42']:
-        dsd, _, _ = load_task_dataset(out/'datasets'/name)
+        dsd, _, _ = load_dataset(out/'datasets'/name)
         samples += dsd['train']['text'][:50] + dsd['validation']['text'][:10]
     prog = textwrap.dedent("""
         import json, sys
@@ -128,8 +132,8 @@ def test_wm_data_tokenizer_loads_offline_with_autotokenizer(small_run, subproces
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res['n'] == 44
     assert res['bad'] == []
-    assert res['first'][0] == res['bos'] and res['first'][-1] == res['eos']
-    assert len(res['first']) == len(samples[0]) + 2   # one token per character: no spaces or merges
+    assert res['first'][0] == res['bos'] and res['eos'] not in res['first']   # <bos> + text: a prompt stays a prompt
+    assert len(res['first']) == len(samples[0]) + 1   # one token per character: no spaces or merges
 
 
 def test_wm_data_default_sizes(default_run):
@@ -137,14 +141,43 @@ def test_wm_data_default_sizes(default_run):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     ds = cwd/'outputs'/'datasets'
-    assert sorted(p.name for p in ds.iterdir()) == ['dist_100kplus_100000_42', 'loc_100kplus_all_42', 'mix200h500_100kplus_100000_42', 'srd200_100kplus_100000_42']
+    assert sorted(p.name for p in ds.iterdir() if p.name != '.wm_nb.json') == ['dist_100kplus_100000_42', 'loc_100kplus_all_42', 'srd200_100kplus_100000_42', 'walk_loc_h500_100kplus_42']
     for name, n_train, n_val in [('loc_100kplus_all_42', N_CITIES, 128), ('dist_100kplus_100000_42', 100_000, 1000),
                                  ('srd200_100kplus_100000_42', 100_000, 1000)]:
-        dsd, man, _ = load_task_dataset(ds/name)
+        dsd, man, _ = load_dataset(ds/name)
         assert dsd['train'].num_rows == n_train and dsd['validation'].num_rows == n_val, name
         assert man['counts'] == {'train': n_train, 'validation': n_val}, name
-    dsd, man, _ = load_task_dataset(ds/'mix200h500_100kplus_100000_42')
-    assert man['counts'] == {'train': 100_000 + N_CITIES - 500, 'validation': 128, 'heldout': 500}
+    dsd, man, _ = load_dataset(ds/'walk_loc_h500_100kplus_42')
+    assert man['counts'] == {'train': 100_000 + N_CITIES - 500, 'validation': 128, 'heldout_loc': 500, 'heldout_walk': 1000}
+
+
+def test_every_row_of_the_default_datasets_is_right(default_run, default_cities, great_circle_km):
+    """Not only well-formed: every distance equals the rounded great-circle km computed independently, every location decodes to its
+    city within the quantisation error, and `c_i` is row i of the dataset's cities.csv, which is the default table."""
+    cwd, proc = default_run
+    if proc.poll() is None: proc.communicate(timeout=300)
+    from wm_nb.cities import load_cities
+    ds = cwd/'outputs'/'datasets'
+    for name in ['loc_100kplus_all_42', 'dist_100kplus_100000_42', 'srd200_100kplus_100000_42', 'walk_loc_h500_100kplus_42']:
+        c = load_cities(ds/name/'cities.csv', min_population=0, keep_order=True)
+        assert np.allclose(c.lat, default_cities.lat, atol=5e-7) and np.allclose(c.lon, default_cities.lon, atol=5e-7) and list(c.name) == list(default_cities.name)
+    c = default_cities
+    dsd, _, _ = load_dataset(ds/'dist_100kplus_100000_42')
+    for split in dsd:
+        m = [re.fullmatch(r'dist\(c_(\d+),c_(\d+)\)=(\d+)', t) for t in dsd[split]['text']]
+        assert all(m), split
+        a, b, km = (np.array([int(x[k]) for x in m]) for k in (1, 2, 3))
+        true = great_circle_km(c.lat[a], c.lon[a], c.lat[b], c.lon[b])
+        assert (a != b).all() and np.array_equal(km, np.floor(true + 0.5).astype(int)), f"{split}: {(km != np.floor(true + 0.5)).sum()} wrong distances"
+    from wm_nb.geo import decode_xy
+    dsd, _, _ = load_dataset(ds/'loc_100kplus_all_42')
+    for split in dsd:
+        m = [re.fullmatch(r'loc\(c_(\d+)\)=(\d+),(\d+)', t) for t in dsd[split]['text']]
+        i, x, y = (np.array([int(q[k]) for q in m]) for k in (1, 2, 3))
+        # the code's bin holds the city: decoding (bin centre) is within half a bin diagonal of it
+        err = great_circle_km(c.lat[i], c.lon[i], *decode_xy(x, y))
+        assert err.max() < 4.6, f"{split}: a location decodes {err.max():.1f} km from its city"
+        assert np.array_equal(x, np.floor((np.radians(c.lon[i]) + np.pi)*1000)) and np.array_equal(y, np.floor((np.radians(c.lat[i]) + np.pi/2)*1000))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,8 +185,8 @@ def test_wm_data_default_sizes(default_run):
 
 @pytest.mark.parametrize('prog,phrases', [
     ('wm_analyze', ['neighbour radius in km', 'keep cities with at least this population', '--radius_km']),
-    ('wm_dataset', ['hop limit T in km', 'number of training samples', 'replace an existing dataset folder', 'loc, dist, walk or mix']),
-    ('wm_data', ['comma-separated datasets to make', 'training walks', 'validation cities of the location dataset']),
+    ('wm_dataset', ['hop limit T in km', 'number of training rows of TASK', 'replace an existing dataset folder', 'angle, compass, triarea, perim, cross, inside', '--spec']),
+    ('wm_data', ['comma-separated: loc, dist, walk and shipped spec names', 'training walks', 'validation cities of the location dataset']),
 ])
 def test_help(cli, tmp_path, prog, phrases):
     r = cli(prog, '--help', cwd=tmp_path)
@@ -175,6 +208,7 @@ CSVS = {
     'badlon.csv': HEADER + GOOD + 'Gamma,10.25,21.0,AA,250000\n' + 'Delta,11.0,180.5,AA,250000\n',  # line 5
     'dup.csv': HEADER + GOOD + 'Gamma,10.25,21.0,AA,250000\n' + 'Alpha,10.0,20.0,AA,500000\n',      # line 5 = line 2
     'small.csv': HEADER + 'Alpha,10.0,20.0,AA,50000\nBeta,10.5,20.5,AA,99999\n',
+    'badspec.yaml': 'tasks:\n  dist: {rows: 10}\n',
 }
 
 # (id, prog, args, substrings the single error line must contain)
@@ -190,8 +224,11 @@ BAD = [
     ('empty_after_filter', 'wm_dataset', ['loc', '--all', '--source', 'small.csv'], ['100,000', 'min_population']),
     ('too_many', 'wm_dataset', ['loc', '--n_train', '100000'], ['100,000', '6,204']),
     ('fractional_threshold', 'wm_dataset', ['walk', '--n_train', '10', '--threshold_km', '150.5'], ['threshold_km', '150.5']),
-    ('unknown_task', 'wm_data', ['--tasks', 'loc,wlak'], ["'wlak'", 'loc, dist, walk']),
-    ('unknown_task_dataset', 'wm_dataset', ['lco', '--all'], ["'lco'"]),
+    ('unknown_dataset', 'wm_data', ['--datasets', 'loc,wlak'], ["'wlak'", 'loc, dist, walk']),
+    ('unknown_task_dataset', 'wm_dataset', ['lco', '--all'], ["unknown task 'lco'", "did you mean 'loc'"]),
+    ('task_and_spec', 'wm_dataset', ['dist', '--n_train', '5', '--spec', 'walk_loc_h500'], ['not both']),
+    ('unknown_spec', 'wm_dataset', ['--spec', 'nosuchspec'], ["no mixture spec 'nosuchspec'"]),
+    ('bad_spec_key', 'wm_dataset', ['--spec', 'badspec.yaml'], ['badspec.yaml', "unknown key(s) ['rows']"]),
 ]
 
 
@@ -237,8 +274,8 @@ def test_dataset_twice_needs_overwrite(cli, hashes, tmp_path):
     # --overwrite replaces it (with different content when the options differ) and leaves no temporary folder
     r3 = cli('wm_dataset', 'loc', '--all', '--n_val', 7, '--out', out, '--overwrite', cwd=tmp_path)
     assert r3.returncode == 0, r3.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ['loc_100kplus_all_42']
-    _, man, _ = load_task_dataset(path)
+    assert sorted(p.name for p in out.iterdir()) == ['.wm_nb.json', 'loc_100kplus_all_42']
+    _, man, _ = load_dataset(path)
     assert man['counts'] == {'train': N_CITIES, 'validation': 7}
 
 

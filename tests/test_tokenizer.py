@@ -5,8 +5,7 @@ import string
 import pytest
 
 from wm_nb.core import WMError
-from wm_nb.tasks import location_dataset, distance_dataset
-from wm_nb.walks import walk_dataset
+from wm_nb.mixtures import build_mixture
 from wm_nb.tokenizer import (save_tokenizer, load_tokenizer, check_roundtrip, encode, decode, build_tokenizer,
                              OutOfVocabularyError, VOCAB)
 
@@ -23,9 +22,10 @@ def tok(tmp_path_factory):
 @pytest.fixture(scope='module')
 def default_datasets(default_cities):
     "The default datasets, generated in-process: loc --all (128 val), dist and walk with 100,000 train (1,000 val)."
-    return {'loc': location_dataset(default_cities, all_=True, n_val=128)[0],
-            'dist': distance_dataset(default_cities, n_train=100_000, n_val=1000)[0],
-            'walk': walk_dataset(default_cities, n_train=100_000, n_val=1000)[0]}
+    spec = lambda t, n, v: {'tasks': {t: {'n': n, 'val': v}}}
+    return {'loc': build_mixture(default_cities, spec('loc', 'all', 128))[0],
+            'dist': build_mixture(default_cities, spec('dist', 100_000, 1000))[0],
+            'walk': build_mixture(default_cities, spec('walk', 100_000, 1000))[0]}
 
 
 def test_vocab_exact(tok):
@@ -40,8 +40,8 @@ def test_vocab_exact(tok):
 def test_encode_ids(tok):
     text = 'loc(c_12)=3,9'
     ids = encode(tok, text)
-    assert ids == [0] + [EXPECTED.index(ch) for ch in text] + [1]
-    assert encode(tok, text, add_special_tokens=False) == ids[1:-1]
+    assert ids == [0] + [EXPECTED.index(ch) for ch in text]          # <bos> and the characters: a prompt stays a prompt
+    assert encode(tok, text, add_special_tokens=False) == ids[1:]
     assert decode(tok, ids) == text
     assert ' ' not in tok.decode(ids)   # even with special tokens kept, no spaces are inserted
 

@@ -8,7 +8,13 @@ from scipy.stats import ks_2samp
 
 from wm_nb.cities import Cities
 from wm_nb.core import WMError
-from wm_nb.walks import neighbour_graph, random_walks, random_walks_reference, check_walks, walk_dataset
+from wm_nb.walks import neighbour_graph, random_walks, random_walks_reference, check_walks, WalkTask
+from wm_nb.mixtures import build_mixture, normalise_spec
+
+def walk_dataset(cities, n_train, n_val=0, seed=42, threshold_km=200.0, **kw):
+    "A one-task walk dataset as `wm_dataset walk` builds it."
+    dsd, info, _ = build_mixture(cities, {'seed': seed, 'tasks': {'walk': {'n': n_train, 'val': n_val, 'threshold_km': threshold_km}}})
+    return dsd, info
 
 T = 200.0
 MAX_LEN = 32
@@ -222,30 +228,32 @@ def test_seeds(graph, default_cities):
     r2 = random_walks_reference(default_cities, 50, T, MAX_LEN, seed=9)
     r3 = random_walks_reference(default_cities, 50, T, MAX_LEN, seed=10)
     assert r1 == r2 and r1 != r3
-    d1, _ = walk_dataset(default_cities, n_train=300, n_val=20, seed=1, graph=graph)
-    d2, _ = walk_dataset(default_cities, n_train=300, n_val=20, seed=1, graph=graph)
-    d3, _ = walk_dataset(default_cities, n_train=300, n_val=20, seed=2, graph=graph)
+    d1, _ = walk_dataset(default_cities, n_train=300, n_val=20, seed=1)
+    d2, _ = walk_dataset(default_cities, n_train=300, n_val=20, seed=1)
+    d3, _ = walk_dataset(default_cities, n_train=300, n_val=20, seed=2)
     assert d1['train']['text'] == d2['train']['text'] and d1['validation']['text'] == d2['validation']['text']
     assert d1['train']['text'] != d3['train']['text']
     assert d1['train']['text'] != d1['validation']['text'][:300]
 
 
 def test_walk_dataset_texts_match_walks(default_cities, graph):
-    d, opts = walk_dataset(default_cities, n_train=2000, n_val=0, seed=4, threshold_km=T, graph=graph)
-    w, l = random_walks(graph, 2000, MAX_LEN, seed=4)
+    d, info = walk_dataset(default_cities, n_train=2000, n_val=0, seed=4, threshold_km=T)
+    walks = [list(x) for x in d['train']['cities']]
     texts = d['train']['text']
-    assert texts == ['srd_200=' + ','.join(f'c_{i}' for i in row[:k]) for row, k in zip(w.tolist(), l.tolist())]
-    assert [list(x) for x in d['train']['cities']] == [row[:k] for row, k in zip(w.tolist(), l.tolist())]
-    assert opts['mean_length'] == pytest.approx(l.mean())
+    assert texts == ['srd_200=' + ','.join(f'c_{i}' for i in w) for w in walks]
+    arr, lengths = pad(walks, MAX_LEN)
+    assert check_walks(default_cities, arr, lengths, T)['max_hop_km'] <= T
+    assert info['task_counts']['train'] == {'walk': 2000}
 
 
 def test_walk_options_rejected(default_cities, graph):
     with pytest.raises(WMError, match='whole number'): walk_dataset(default_cities, n_train=5, threshold_km=150.5)
+    with pytest.raises(WMError, match='max_len'): WalkTask(max_len=0)
     with pytest.raises(WMError, match='max_len'): random_walks(graph, 5, 0)
 
 
 def test_zero_walks(default_cities, graph):
     "`wm_dataset loc/dist --n_train 0` give an empty train split; walks should too (or a WMError), not a crash."
-    try: d, _ = walk_dataset(default_cities, n_train=0, graph=graph)
+    try: d, _ = walk_dataset(default_cities, n_train=0)
     except WMError: return
     assert d['train'].num_rows == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 from fastcore.script import call_parse
-from .core import WMError, cli_errors, atomic_dir, write_json, read_json, package_version
+from .core import WMError, cli_errors, atomic_dir, write_json, read_json, package_version, output_file, check_replaceable
 
 # %% auto #0
 __all__ = ['ARXIV_HUB', 'SPLITS', 'PYTHIA', 'UINT16_MAX', 'make_corpus', 'write_corpus', 'wm_arxiv_corpus', 'load_corpus',
@@ -59,14 +59,10 @@ def write_corpus(records:list[dict], # dicts with text and category (and id)
     path = Path(path)
     if path.suffix not in ('.jsonl', '.parquet'): raise WMError(f"{path}: write the corpus as .jsonl or .parquet")
     if path.exists() and not overwrite: raise WMError(f"{path} already exists: pass --overwrite or choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmpf = path.parent/f".{path.name}.tmp-{os.getpid()}"
-    try:
+    with output_file(path) as tmpf:                          # only a file wm_nb wrote is ever replaced
         df = pd.DataFrame(records)
         if path.suffix == '.jsonl': df.to_json(tmpf, orient='records', lines=True, force_ascii=False)
         else: df.to_parquet(tmpf, index=False)
-        tmpf.rename(path)
-    finally: tmpf.unlink(missing_ok=True)
     return path
 
 @call_parse
@@ -194,6 +190,7 @@ def prepare_corpus(source:str|Path=ARXIV_HUB, # hub name, local file or dataset 
     import datasets
     out = Path(out)
     if out.exists() and not overwrite: raise WMError(f"{out} already exists: pass --overwrite or choose another --out")
+    check_replaceable(out, 'move it away or choose another --out')   # before tokenizing, not after
     if max_examples_per_split < 1 and not full_dataset: raise WMError("--max_examples_per_split must be >= 1 (or pass --full_dataset)")
     dsd = load_corpus(source, text_column, category_column, seed)
     if not full_dataset:

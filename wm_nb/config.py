@@ -97,7 +97,7 @@ class ArxivConfig:
 
 @dataclass
 class ExperimentConfig:
-    name: str = 'location'            # experiment folder name under out_dir
+    name: str = 'loc_seed'            # experiment folder name under out_dir
     out_dir: str = 'outputs/experiments'
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -214,9 +214,11 @@ def load_config(config:str|Path|None=None, # a YAML file or a shipped config nam
 
 def config_dict(cfg:ExperimentConfig)->dict: return asdict(cfg)
 
-def save_config(cfg:ExperimentConfig, path:str|Path):
+def save_config(cfg:ExperimentConfig, # the resolved config
+                path:str|Path): # YAML file to write
     "Write the resolved config as YAML (loadable with `load_config`)."
-    Path(path).write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
+    from wm_nb.core import output_file
+    with output_file(path) as tmp: tmp.write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
 
 # %% ../nbs/09_config.ipynb #cfe918f5
 def check_config(cfg:ExperimentConfig):

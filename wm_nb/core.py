@@ -9,17 +9,30 @@ from contextlib import contextmanager
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['MARKER', 'WMError', 'cli_errors', 'read_ledger', 'record_written', 'mark_dir', 'make_dirs', 'check_replaceable',
-           'output_file', 'remove_tree', 'sweep_stale_tmp', 'atomic_dir', 'write_json', 'read_json', 'package_version']
+__all__ = ['MARKER', 'WMError', 'quiet_libraries', 'cli_errors', 'read_ledger', 'record_written', 'mark_dir', 'make_dirs',
+           'check_replaceable', 'output_file', 'remove_tree', 'sweep_stale_tmp', 'atomic_dir', 'write_json',
+           'read_json', 'package_version']
 
 # %% ../nbs/00_core.ipynb #a0287a40
 class WMError(Exception):
     "An error the user can fix: its message names the problem and what to do."
 
 # %% ../nbs/00_core.ipynb #0d6939ce
+def quiet_libraries():
+    "Turn off the progress bars and advice of transformers, datasets and the hub client (wm_nb shows its own)."
+    for k, v in [('HF_HUB_DISABLE_PROGRESS_BARS', '1'), ('HF_DATASETS_DISABLE_PROGRESS_BARS', '1'), ('TRANSFORMERS_VERBOSITY', 'error'),
+                 ('TRANSFORMERS_NO_ADVISORY_WARNINGS', '1'), ('TOKENIZERS_PARALLELISM', 'false')]: os.environ.setdefault(k, v)
+    if 'transformers' in sys.modules:
+        import transformers
+        transformers.utils.logging.disable_progress_bar(); transformers.utils.logging.set_verbosity_error()
+    if 'datasets' in sys.modules:
+        import datasets
+        datasets.disable_progress_bars(); datasets.utils.logging.set_verbosity_error()
+
 @contextmanager
 def cli_errors(prog:str='wm_nb'): # name printed before the message
-    "Turn a `WMError` raised inside the block into `prog: error: <message>` and exit status 2."
+    "Turn a `WMError` raised inside the block into `prog: error: <message>` and exit status 2 (libraries quietened)."
+    quiet_libraries()
     try: yield
     except WMError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

@@ -9,12 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 import yaml
 from fastcore.script import call_parse
-from .core import WMError, cli_errors, atomic_dir
+from .core import WMError, cli_errors, atomic_dir, check_replaceable
 
 # %% auto #0
 __all__ = ['SPHINX_CONF', 'FAVICON', 'DOC_TOOLS', 'read_settings', 'find_repo', 'doc_notebooks', 'process_notebooks', 'page_name',
            'doc_anchors', 'local_links', 'myst_notebook', 'write_sphinx_project', 'require_doc_tools', 'build_site',
-           'wm_docs']
+           'serve_site', 'wm_docs']
 
 # %% ../nbs/15_docs.ipynb #ae63df18
 def read_settings(repo:str|Path)->dict:
@@ -198,6 +198,7 @@ def build_site(path:str|Path='.', # a folder inside the repository
     from sphinx.cmd.build import build_main
     repo = find_repo(path)
     out = Path(out) if Path(out).is_absolute() else repo/out
+    check_replaceable(out, 'move it away or choose another --out')    # before minutes of building, not after
     proc = process_notebooks(repo, force=force)
     with tempfile.TemporaryDirectory() as tmp:
         src, html = Path(tmp)/'src', Path(tmp)/'html'
@@ -210,11 +211,24 @@ def build_site(path:str|Path='.', # a folder inside the repository
     return out, pages
 
 # %% ../nbs/15_docs.ipynb #9e7adaa5
+def serve_site(site:str|Path, # the built site folder
+               port:int=8000): # port on the loopback address
+    "Serve `site` on 127.0.0.1 only (never on every network interface) until interrupted."
+    import http.server, functools
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    with http.server.ThreadingHTTPServer(('127.0.0.1', port), handler) as httpd:
+        print(f"serving {site} at http://127.0.0.1:{port}/ (Ctrl-C to stop)")
+        try: httpd.serve_forever()
+        except KeyboardInterrupt: pass
+
 @call_parse
 def wm_docs(out:str='_site', # site folder; relative paths are under the repository root
-            force:bool=False): # reprocess every notebook, ignoring nbdev's cache
+            force:bool=False, # reprocess every notebook, ignoring nbdev's cache
+            serve:bool=False, # then serve the site on 127.0.0.1 (loopback only)
+            port:int=8000): # port of --serve
     "Build the docs website from the notebooks, offline (nbdev processing, then Sphinx + myst-nb)."
     with cli_errors('wm_docs'):
         site, pages = build_site('.', out, force)
         print(f"wrote {len(pages)} pages to {site}: " + ', '.join(f'{pg}.html' for _, pg in pages))
-        print(f"read it with: python -m http.server -d {site} 8000  (then open http://localhost:8000), or open {site/'index.html'}")
+        if serve: return serve_site(site, port)
+        print(f"read it with: wm_docs --serve, or python -m http.server --bind 127.0.0.1 -d {site} 8000 (then open http://127.0.0.1:8000), or open {site/'index.html'}")

@@ -10,7 +10,7 @@ import numpy as np, pandas as pd
 import torch
 from tqdm.auto import tqdm
 from fastcore.script import call_parse
-from .core import WMError, cli_errors, write_json, read_json, output_file
+from .core import WMError, cli_errors, write_json, read_json, output_file, check_replaceable
 from .geo import haversine_km, spherical_centroid, encode_xy, decode_xy
 from .cities import Cities
 from .tasks import get_task, rows_of, error_summary, THRESHOLDS_KM
@@ -273,8 +273,11 @@ def evaluate_checkpoint(checkpoint:str|Path, # a model folder
     cross = crossed(checkpoint, man)
     if cross and not allow_other_data:
         raise WMError(f"{dataset} is not what {checkpoint} was trained on ({'; '.join(cross)}): pass --allow_other_data to evaluate anyway")
-    ms, tables = evaluate_split(model, tok, dsd, man, cities, split, n, seed, batch_size, progress)
     out = Path(out) if out else eval_dir(checkpoint, dataset, split)
+    if split in dsd:
+        names = set(split_rows(dsd[split])[0])
+        for f in ['metrics.json', 'error_map.png', 'walks_map.png', *(f"samples_{t}.csv" for t in names)]: check_replaceable(out/f)
+    ms, tables = evaluate_split(model, tok, dsd, man, cities, split, n, seed, batch_size, progress)
     report = dict(checkpoint=str(checkpoint), dataset=str(dataset), split=split, crossed=cross, tasks=ms)
     for name, table in tables.items():
         with output_file(out/f"samples_{name}.csv") as tmp: table.to_csv(tmp, index=False)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_mixtures.ipynb #2d263898
 from __future__ import annotations
-import zlib, copy
+import zlib, copy, json, hashlib
 from pathlib import Path
 import numpy as np, pandas as pd, pyarrow as pa, yaml
 from tqdm.auto import tqdm
@@ -146,17 +146,28 @@ def sample_rows(task, cities:Cities, n, rng, pool, must=None, exclude=None, chun
         while (bad := (ids[:, 1:] == ids[:, :1]).any(1)).any(): ids[bad, 1:] = distinct_rows(rng, pool, int(bad.sum()), task.k[0] - 1)
         return ids
     if n == 0: return np.empty((0, task.k[1]), np.int64)
+    if task.k == (1, 1) and must is None:                  # rows of a one-city task are distinct cities
+        avail = pool if exclude is None or len(exclude) == 0 else np.setdiff1d(pool, np.asarray(exclude)[:, 0])
+        if n > len(avail): raise WMError(f"{task.name}: {n:,} rows asked for, but only {len(avail):,} cities to draw from (one row per city): lower n or use all")
+        return rng.choice(avail, n, replace=False)[:, None]
     ex = None if exclude is None or len(exclude) == 0 or task.kind == 'walk' else np.sort(row_keys(exclude))
-    out, have = [np.empty((0, task.k[1]), np.int64)], 0
+    want = np.array([n - n//2, n//2]) if task.balanced else None      # a balanced task keeps its halves exact
+    out, have = [np.empty((0, task.k[1]), np.int64)], np.zeros(2, np.int64)
     with tqdm(total=n, desc=f"{task.name} rows", disable=not progress or n < 200_000, leave=False) as bar:
-        while have < n:
-            m = min(chunk, n - have)
+        while have.sum() < n:
+            m = min(chunk, n - int(have.sum()))
             ids = task.sample(cities, m + (m//50 + 10 if ex is not None else 0), rng, pool, must)
             if ex is not None:
                 k = row_keys(ids); pos = np.minimum(np.searchsorted(ex, k), len(ex) - 1)
                 ids = ids[ex[pos] != k]
-            ids = ids[:n - have]; out.append(ids); have += len(ids); bar.update(len(ids))
-    return _stack(out)
+            if want is None: ids = ids[:n - int(have.sum())]; have[0] += len(ids)
+            else:
+                ans = task.answers(cities, ids)
+                keep = np.concatenate([np.flatnonzero(ans == c)[:want[c] - have[c]] for c in (0, 1)])
+                ids = ids[np.sort(keep)]; have += np.bincount(ans[keep], minlength=2)
+            out.append(ids); bar.update(len(ids))
+    rows = _stack(out)
+    return rows[rng.permutation(len(rows))] if want is not None else rows
 
 # %% ../nbs/06a_mixtures.ipynb #959a5e3f
 def _pool(spec, roles, name, e):
@@ -215,7 +226,8 @@ def build_mixture(cities:Cities, spec:dict, progress:bool=False)->tuple[DatasetD
     for split in ['train', 'validation'] + sorted(s for s in rows if s not in ('train', 'validation')):
         tab = _table(cities, spec, rows[split])
         if split == 'train' and len(spec['tasks']) > 1: tab = tab.take(pa.array(stream(spec['seed'], 'shuffle').permutation(len(tab))))
-        if tab.num_rows or split == 'train': dsd[split] = Dataset(InMemoryTable(tab))
+        fp = hashlib.sha256(json.dumps([spec, split, cities.fingerprint()], sort_keys=True).encode()).hexdigest()[:16]
+        if tab.num_rows or split == 'train': dsd[split] = Dataset(InMemoryTable(tab), fingerprint=fp)   # no hashing of the whole table
     roles = city_roles(cities, spec)
     recall = [n for n, e in spec['tasks'].items() if n == 'loc' and e['n'] == 'all' and e['val']]
     info = dict(spec=spec, tasks=list(spec['tasks']), heldout_cities=roles['heldout'].tolist(), new_cities=roles['new'].tolist(),

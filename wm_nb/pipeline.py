@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 from fastcore.script import call_parse, Param
-from .core import WMError, cli_errors, write_json, read_json
+from .core import WMError, cli_errors, write_json, read_json, check_replaceable
 from .cities import Cities, load_cities
 from .spatial import spatial_report, format_stats
 from .mixtures import load_spec, shipped_specs, single_task_spec, build_mixture, add_new_cities, make_manifest, save_dataset, load_dataset, FORMAT
@@ -129,6 +129,10 @@ def run_data_pipeline(out:str|Path='outputs', # output folder
         elif d == 'walk': specs[d] = single_task_spec('walk', n_walks, n_val=n_val, seed=seed, threshold_km=threshold_km, max_len=max_len)
         else: raise WMError(f"unknown dataset {d!r}: choose loc, dist, walk or a shipped spec ({', '.join(shipped_specs())})")
     cities, tag = _cities_args(source, min_population, order_seed, keep_order)
+    files = ['cities.csv', 'data_summary.json', 'figures/cities_map.png', 'figures/walk_lengths.png', 'figures/walks_map.png',
+             *(f'analysis/neighbours_{radius_km:g}km{x}' for x in ('.json', '.csv', '_hist.png', '_map.png'))]
+    for p in [out/f for f in files] + [out/'datasets'/dataset_name(sp, tag) for sp in specs.values()]:
+        check_replaceable(p, 'move it away or choose another --out')      # all of them before anything is written
     log(f"[1/5] {cities}")
     cities.to_csv(out/'cities.csv')
     save_fig(plot_cities(cities, title=f"{len(cities):,} cities ({tag})")[0], out/'figures'/'cities_map.png')

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from tqdm.auto import tqdm
 from fastcore.script import call_parse
-from .core import WMError, cli_errors, write_json, read_json, output_file
+from .core import WMError, cli_errors, write_json, read_json, output_file, check_replaceable
 from .geo import unit_xyz, latlon_from_xyz, haversine_km
 from .cities import Cities
 from .tasks import get_task
@@ -217,6 +217,8 @@ def probe_model(checkpoint:str|Path, # a model folder
     new = np.asarray(man.get('new_cities', []), np.int64)
     src = load_model(probe_from)[0] if probe_from else None
     out = Path(out) if out else probe_dir(checkpoint, dataset)
+    for f in ['probe_layers.csv', 'probe.json', 'probe_vs_generated.png', *(f"{k}_{t}.{e}" for t in tasks for k, e in [('probe_cities', 'csv'), ('probe_layers', 'png'), ('probe_map', 'png')])]:
+        check_replaceable(out/f)                                  # all of them before anything is computed
     tables, summary = [], dict(checkpoint=str(checkpoint), dataset=str(dataset), position=position, n_fit=int(len(fit)), n_test=int(len(test)),
                               test_cities=what, seed=seed, crossed=cross, probe_from=str(probe_from) if probe_from else None, tasks={})
     for name in tasks:
@@ -371,7 +373,7 @@ def wm_probe(path:str,                # a model folder (final/, checkpoint-N/, s
     with cli_errors('wm_probe'):
         ts = [t.strip() for t in tasks.split(',')] if tasks else None
         p = Path(path)
-        if (p/'snapshots').is_dir() and not (p/'config.json').exists():
+        if not (p/'config.json').exists() and ((p/'snapshots').is_dir() or (p/'config.yaml').exists()):   # an experiment folder
             s = probe_experiment(p, ts, position, n_test, seed, batch_size)
             for task, t in s['time_to_map'].items():
                 print(f"{task}: " + (f"map (R² >= {MAP_R2}) at step {t['step']:,}, {t['rows_seen']:,} rows, {t['minutes']:.1f} min (R² {t['r2']:.2f})" if t['reached']

@@ -9,7 +9,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 from scipy.spatial import cKDTree
 from fastcore.script import call_parse
-from .core import WMError, cli_errors, write_json, output_file
+from .core import WMError, cli_errors, write_json, output_file, check_replaceable
 from .geo import haversine_km, chord_for_km
 from .cities import Cities, load_cities
 
@@ -67,6 +67,7 @@ def spatial_report(cities:Cities, radius_km:float=200.0, out_dir:str|Path='outpu
     stats['source'] = cities.source
     tag = f"{radius_km:g}km"
     stats['files'] = dict(histogram=f"neighbours_{tag}_hist.png", map=f"neighbours_{tag}_map.png", counts=f"neighbours_{tag}.csv")
+    for f in [*stats['files'].values(), f"neighbours_{tag}.json"]: check_replaceable(out/f, 'move it away or choose another --out')
     save_fig(plot_neighbour_histogram(counts, radius_km)[0], out/stats['files']['histogram'])
     save_fig(plot_cities(cities, values=counts, label=f'neighbours within {radius_km:g} km', log=False, cmap='magma_r',
                          title=f'Neighbours within {radius_km:g} km of each city')[0], out/stats['files']['map'])

@@ -73,6 +73,7 @@ class Task:
     labels = ()            # answers of a categorical task, in index order
     sampling = 'uniform distinct cities'
     sampled = False        # evaluation samples continuations (walks) rather than greedy answers
+    balanced = False       # a two-class task sampled to exactly half of each answer
     def __init__(self, **params): self.params = params
     def __repr__(self): return f"{type(self).__name__}({self.name!r}, {self.k[0]}-{self.k[1]} cities, {self.kind})"
 
@@ -264,7 +265,7 @@ def balanced_rows(task:Task, cities:Cities, n:int, rng, draw)->np.ndarray:
     return out[rng.permutation(n)]
 
 class CrossTask(Task):
-    name, k, kind, labels = 'cross', (4, 4), 'category', ('false', 'true')
+    name, k, kind, labels, balanced = 'cross', (4, 4), 'category', ('false', 'true'), True
     sampling = 'uniform distinct cities, balanced to half true by rejection'
     def answers(self, cities, ids):
         x = cities.xyz[np.asarray(ids)]
@@ -276,9 +277,13 @@ CROSS = register(CrossTask())
 
 # %% ../nbs/05_tasks.ipynb #6fcf8f18
 def _simple(xyz_poly, n)->np.ndarray:
-    "Whether each polygon (rows of `-1`-padded vertices) has no two non-adjacent edges that cross."
+    "Whether each polygon (rows of `-1`-padded vertices) has no two non-adjacent edges that cross (triangles always are)."
     rows, k = xyz_poly.shape[:2]
     ok = np.ones(rows, bool)
+    big = np.flatnonzero(np.asarray(n) > 3)
+    if len(big) < rows:
+        ok[big] = _simple(xyz_poly[big], np.asarray(n)[big]) if len(big) else ok[big]
+        return ok
     for i in range(k):
         for j in range(i + 2, k):
             use = (j < n) & ~((i == 0) & (j == n - 1))            # real, non-adjacent edges
@@ -288,7 +293,7 @@ def _simple(xyz_poly, n)->np.ndarray:
     return ok
 
 class InsideTask(Task):
-    name, k, kind, labels = 'inside', (4, 7), 'category', ('false', 'true')
+    name, k, kind, labels, balanced = 'inside', (4, 7), 'category', ('false', 'true'), True
     sampling = 'local polygons of 3-6 nearest neighbours ordered by bearing; balanced to half true by rejection'
     neighbours = 24
     def answers(self, cities, ids):

@@ -8,14 +8,14 @@ import os, sys, math, json, time, shutil, itertools
 from pathlib import Path
 import numpy as np, torch
 from fastcore.script import Param
-from .core import WMError, cli_errors, write_json, read_json, package_version, atomic_dir, output_file, make_dirs
+from .core import WMError, cli_errors, write_json, read_json, package_version, atomic_dir, output_file, make_dirs, quiet_libraries
 from .config import ExperimentConfig, load_config, save_config, config_cli, config_dict
 from .cities import load_cities
 from .tasks import get_task
 from .mixtures import load_dataset, load_spec, single_task_spec
 from .tokenizer import save_tokenizer, load_tokenizer, VOCAB, check_text
 from .trainer import (build_model, n_params, plan_steps, setup_tracking, tracking_callbacks, snapshot_callback, make_trainer_class,
-                           plot_curves, checkpoints, experiment_dirs, training_args)
+                           plot_curves, checkpoints, experiment_dirs, training_args, step_counter)
 from .evaluate import evaluate_split, format_metrics, plot_location_errors, split_rows
 
 # %% auto #0
@@ -81,29 +81,28 @@ def resolve_data(cfg:ExperimentConfig): # the resolved config
     "`(DatasetDict, manifest, cities, tokenizer, dataset path)` for an experiment, building what is missing."
     from wm_nb.pipeline import make_dataset, _cities_args
     d = cfg.data
-    tok_path = Path(d.tokenizer)
-    if not (tok_path/'tokenizer.json').exists(): save_tokenizer(tok_path, overwrite=True)
-    tok = load_tokenizer(tok_path)
     if d.dataset: path = Path(d.dataset)
     else:
         cities, tag = _cities_args(d.source, d.min_population, d.order_seed, d.keep_order, d.max_cities)
         path, _, _ = make_dataset(data_spec(cfg), cities, d.datasets_dir, reuse=True, tag=tag, progress=False)
-    dsd, man, cities = load_dataset(path)
+    dsd, man, cities = load_dataset(path)                 # a bad dataset stops the run before the tokenizer is written
     if dsd['train'].num_rows == 0: raise WMError(f"{path}: the train split is empty")
-    return dsd, man, cities, tok, path
+    tok_path = Path(d.tokenizer)
+    if not (tok_path/'tokenizer.json').exists(): save_tokenizer(tok_path, overwrite=True)
+    return dsd, man, cities, load_tokenizer(tok_path), path
 
 # %% ../nbs/11_train.ipynb #58cfe765
 HEADLINE = {'position': 'median_km', 'number': 'mean_abs_err', 'category': 'accuracy', 'walk': 'valid_rate'}
 WORST = {'median_km': 20_016.0, 'mean_km': 20_016.0, 'mean_abs_err': 1e9, 'median_abs_err': 1e9, 'accuracy': 0.0, 'valid_rate': 0.0, 'parse_rate': 0.0}
 
-def best_metric(cfg:ExperimentConfig, man:dict, dsd)->tuple[str, bool]:
-    "The Trainer's `metric_for_best_model` and `greater_is_better` for an experiment."
+def best_metric(cfg:ExperimentConfig, spec:dict)->tuple[str, bool]:
+    "The Trainer's `metric_for_best_model` and `greater_is_better` for an experiment on the dataset of `spec`."
     bm = cfg.train.best_metric
     if bm == 'eval_loss': return 'eval_loss', False
-    split = cfg.eval.split if cfg.eval.split in dsd else 'train'
-    present = list(dict.fromkeys(split_rows(dsd[split])[0])) if split in dsd else []
+    split = cfg.eval.split
+    present = [t for t, e in spec['tasks'].items() if split == 'train' or e['val'] > 0]
     if bm == 'auto':
-        first = next((t for t in man['spec']['tasks'] if t in present and get_task(t).kind != 'walk'), None)
+        first = next((t for t in present if get_task(t).kind != 'walk'), None)
         if first is None: return 'eval_loss', False
         bm = f"{first}_{HEADLINE[get_task(first).kind]}"
     task, metric = bm.split('_', 1)
@@ -215,12 +214,15 @@ def train_experiment(cfg:ExperimentConfig, # the resolved config
         from wm_nb.arxiv_train import train_arxiv
         return train_arxiv(cfg, resume, overwrite, progress)
     from transformers import TrainingArguments, set_seed
+    quiet_libraries()
     exp, ckpt_dir, rank, world = experiment_dirs(cfg, resume, overwrite, create=False)   # checks only: nothing written yet
+    spec = read_json(Path(cfg.data.dataset)/'manifest.json').get('spec') if cfg.data.dataset and (Path(cfg.data.dataset)/'manifest.json').exists() else None
+    if spec is not None or not cfg.data.dataset: metric, greater = best_metric(cfg, spec or data_spec(cfg))
     args0 = TrainingArguments(output_dir=str(ckpt_dir), use_cpu=not torch.cuda.is_available(), report_to='none')
     with args0.main_process_first(desc='dataset'):
         dsd, man, cities, tok, data_path = resolve_data(cfg)
         tds = tokenize_dataset(dsd, tok).select_columns(['input_ids', 'prompt_len', 'length'])  # only what the collator reads
-    metric, greater = best_metric(cfg, man, dsd)
+    metric, greater = best_metric(cfg, man['spec'])
     if rank == 0: experiment_dirs(cfg, resume, overwrite); save_config(cfg, exp/'config.yaml')
     report_to = setup_tracking(cfg, exp)
     lengths = np.array(tds['train']['length'])
@@ -236,7 +238,8 @@ def train_experiment(cfg:ExperimentConfig, # the resolved config
     params = n_params(model)
     if rank == 0 and progress: print(f"{cfg.name}: {params:,} parameters; {len(lengths):,} training rows ({', '.join(man['tasks'])}), {plan['steps_per_epoch']} steps/epoch, "
                                      f"{plan['max_steps']} steps ({plan['epochs']:.1f} epochs) of {t.batch_size}")
-    callbacks = tracking_callbacks(cfg) + ([snapshot_callback(exp, plan['snapshot_steps'], t.batch_size)] if plan['snapshot_steps'] else [])
+    counter = step_counter()
+    callbacks = [counter] + tracking_callbacks(cfg) + ([snapshot_callback(exp, plan['snapshot_steps'], t.batch_size)] if plan['snapshot_steps'] else [])
     trainer = make_trainer_class()(model=model, args=args, train_dataset=tds['train'], eval_dataset=tds['validation'] if has_val else None,
                                    data_collator=AnswerOnlyCollator(tok.pad_token_id, t.loss), processing_class=tok, callbacks=callbacks,
                                    gen_eval=gen_eval_fn(cfg, tok, dsd, man, cities) if metric != 'eval_loss' or any(s.startswith(('heldout_', 'new_')) for s in dsd) else None)
@@ -245,13 +248,14 @@ def train_experiment(cfg:ExperimentConfig, # the resolved config
     if last is not None and rank == 0 and progress: print(f"resuming from {last}")
     out = trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
     secs = time.time() - t0
-    metrics = finish(cfg, trainer, out, secs, exp, tok, dsd, man, cities, data_path, params, plan, world, progress) if rank == 0 else {}
+    run = dict(steps_run=counter.n, resumed_from_step=int(last.name.split('-')[-1]) if last is not None else 0)
+    metrics = finish(cfg, trainer, out, secs, exp, tok, dsd, man, cities, data_path, params, plan, world, progress, run) if rank == 0 else {}
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier(); torch.distributed.destroy_process_group()   # no rank exits while rank 0 still writes
     return metrics
 
 # %% ../nbs/11_train.ipynb #fa70a27f
-def finish(cfg, trainer, out, secs, exp, tok, dsd, man, cities, data_path, params, plan, world, progress=True)->dict:
+def finish(cfg, trainer, out, secs, exp, tok, dsd, man, cities, data_path, params, plan, world, progress=True, run=None)->dict:
     "Rank 0 after training: final model folder, evaluation, figures and metrics."
     from wm_nb.maps import save_fig
     hist = trainer.state.log_history
@@ -261,7 +265,7 @@ def finish(cfg, trainer, out, secs, exp, tok, dsd, man, cities, data_path, param
     metrics = dict(name=cfg.name, params=params, train_seconds=secs, global_step=trainer.state.global_step, rows_seen=trainer.state.global_step*cfg.train.batch_size,
                    final_train_loss=float(out.training_loss), best_checkpoint=trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
                    best_metric=trainer.args.metric_for_best_model, steps=plan, dataset=os.path.relpath(Path(data_path).resolve(), exp.resolve()),
-                   tasks=man['tasks'], wm_nb_version=package_version(), world_size=world)
+                   tasks=man['tasks'], wm_nb_version=package_version(), world_size=world, **(run or {}))
     metrics['eval'], tables = ev(split)
     held = [s for s in dsd if s.startswith(('heldout_', 'new_'))]
     metrics['eval_heldout'] = {}

@@ -7,13 +7,13 @@ from __future__ import annotations
 import os, math, time, json
 from pathlib import Path
 import numpy as np, torch
-from .core import WMError, write_json, read_json, record_written, remove_tree, make_dirs, check_replaceable
+from .core import WMError, write_json, read_json, record_written, remove_tree, make_dirs, check_replaceable, quiet_libraries
 from .config import ExperimentConfig, load_config, config_dict
 
 # %% auto #0
 __all__ = ['build_model', 'n_params', 'check_model_folder', 'load_model', 'load_weights', 'plan_steps', 'setup_tracking',
-           'tracking_callbacks', 'snapshot_callback', 'snapshots', 'checkpoints', 'experiment_dirs', 'training_args',
-           'make_trainer_class', 'plot_curves']
+           'tracking_callbacks', 'snapshot_callback', 'step_counter', 'snapshots', 'checkpoints', 'experiment_dirs',
+           'training_args', 'make_trainer_class', 'plot_curves']
 
 # %% ../nbs/09a_trainer.ipynb #6f467cdb
 def build_model(cfg:ExperimentConfig, # the experiment config (`model` section; `train.seed`, `train.init_from`)
@@ -146,6 +146,14 @@ def snapshot_callback(exp:Path, # the experiment folder
         def on_step_end(self, args, state, control, model=None, **kw):
             if every and state.global_step % every == 0: self._save(state, model)
     return Snapshots()
+
+def step_counter():
+    "A callback counting the optimizer steps this process ran (`.n`): a resumed run runs only the remaining ones."
+    from transformers import TrainerCallback
+    class StepCounter(TrainerCallback):
+        n = 0
+        def on_step_end(self, args, state, control, **kw): self.n += 1
+    return StepCounter()
 
 def snapshots(exp:str|Path)->list[Path]: # an experiment folder
     "The snapshot folders of an experiment, in step order."
