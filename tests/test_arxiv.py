@@ -189,7 +189,7 @@ def test_bad_inputs_one_line(work, tmp_path):
     one_error_line(run('wm_arxiv_prep', '--source', work/'corpus.jsonl', '--out', tmp_path/'x', '--category_column', 'label', cwd=tmp_path),
                    'wm_arxiv_prep', "no column 'label'")
     one_error_line(run('wm_arxiv_prep', '--source', tmp_path/'none.jsonl', '--out', tmp_path/'x', cwd=tmp_path), 'wm_arxiv_prep', 'not found')
-    one_error_line(run('wm_eval', tmp_path/'bad_index', cwd=tmp_path), 'wm_eval', 'not a model checkpoint')
+    one_error_line(run('wm_eval', tmp_path/'bad_index', cwd=tmp_path), 'wm_eval', 'not a model folder')
     assert not (tmp_path/'exp').exists() and not (tmp_path/'x').exists()   # nothing half-written
     assert not list(tmp_path.glob('.*tmp*'))
 

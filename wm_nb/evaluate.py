@@ -28,8 +28,9 @@ def generate_completions(model, tok, # a causal LM and the wm_nb tokenizer
                          batch_size:int=512, # prompts per generate() call
                          max_new_tokens:int=12, # longest completion
                          progress:bool=False, # show a progress bar
-                         sample:bool=False, # sample (temperature 1) instead of greedy decoding
-                         seed:int=0)->list[str]: # seed of the sampling
+                         sample:bool=False, # sample instead of greedy decoding
+                         seed:int=0, # seed of the sampling
+                         temperature:float=1.0)->list[str]: # sampling temperature
     "Completions of `prompts` (each encoded as `<bos>` + prompt), in left-padded batches."
     from wm_nb.tokenizer import check_text
     for k, p in enumerate(prompts): check_text(p, f"prompt {k}")
@@ -47,7 +48,7 @@ def generate_completions(model, tok, # a causal LM and the wm_nb tokenizer
         for k, r in enumerate(rows):
             inp[k, width-len(ids[r]):] = torch.tensor(ids[r]); att[k, width-len(ids[r]):] = 1
         gen = model.generate(input_ids=inp.to(dev), attention_mask=att.to(dev), max_new_tokens=max_new_tokens, do_sample=sample,
-                             top_k=None, top_p=None, temperature=1.0 if sample else None, use_cache=True, pad_token_id=tok.pad_token_id,
+                             top_k=None, top_p=None, temperature=temperature if sample else None, use_cache=True, pad_token_id=tok.pad_token_id,
                              eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
         texts = tok.batch_decode(gen[:, width:], skip_special_tokens=True)
         for r, t in zip(rows, texts): out[r] = t

@@ -19,7 +19,7 @@ from .trainer import load_model, snapshots
 __all__ = ['POSITIONS', 'MAP_R2', 'probe_prompts', 'hidden_states', 'check_disjoint', 'probe_layers', 'untrained_like',
            'city_states', 'run_probe', 'probe_split', 'plot_probe_layers', 'probe_table_frame',
            'plot_truth_probe_generated', 'probe_dir', 'probe_model', 'format_probe', 'probe_experiment', 'time_to_map',
-           'plot_probe_over_training', 'wm_probe']
+           'plot_probe_over_training', 'multilaterate', 'multilateration_floor', 'wm_probe']
 
 # %% ../nbs/12_probe.ipynb #cc634aaa
 POSITIONS = ('after', 'concat', 'digit')
@@ -356,6 +356,41 @@ def plot_probe_over_training(df:pd.DataFrame, # `probe_experiment`'s table
     axes[-1].set_xlabel('training rows seen')
     fig.tight_layout()
     return fig
+
+# %% ../nbs/12_probe.ipynb #fc23a106
+def _fibonacci(n:int)->tuple[np.ndarray, np.ndarray]:
+    k = np.arange(n) + 0.5
+    return np.degrees(np.arcsin(1 - 2*k/n)), (np.degrees(np.pi*(1 + 5**0.5)*k) + 180) % 360 - 180
+
+def multilaterate(cities:Cities, # the city table (known cities' positions are used)
+                  target:int, # the city to place
+                  others, # ids of the known cities it has distance rows with
+                  km)->tuple[float, float]: # the distances of those rows
+    "The point whose great-circle distances to `others` best match `km` (least squares on the sphere)."
+    from scipy.optimize import least_squares
+    others, km = np.asarray(others), np.asarray(km, float)
+    glat, glon = _fibonacci(2000)
+    cost = ((haversine_km(glat[:, None], glon[:, None], cities.lat[others][None], cities.lon[others][None]) - km[None])**2).sum(1)
+    x0 = [glat[cost.argmin()], glon[cost.argmin()]]
+    f = lambda p: haversine_km(p[0], p[1], cities.lat[others], cities.lon[others]) - km
+    r = least_squares(f, x0, bounds=([-90, -540], [90, 540]))
+    return float(r.x[0]), float((r.x[1] + 180) % 360 - 180)
+
+def multilateration_floor(cities:Cities, dist_rows:np.ndarray, # `(n, 2)` city ids of training `dist` rows
+                          targets, known)->pd.DataFrame: # held-out city ids, known city ids
+    "Per held-out city: the position its training distance rows to known cities determine, and its error."
+    from wm_nb.tasks import get_task
+    km = get_task('dist').answers(cities, dist_rows)
+    is_known = np.zeros(len(cities), bool); is_known[np.asarray(known)] = True
+    out = []
+    for t in np.asarray(targets):
+        a = (dist_rows[:, 0] == t) & is_known[dist_rows[:, 1]]; b = (dist_rows[:, 1] == t) & is_known[dist_rows[:, 0]]
+        others = np.r_[dist_rows[a, 1], dist_rows[b, 0]]; d = np.r_[km[a], km[b]]
+        la, lo = multilaterate(cities, t, others, d) if len(others) >= 3 else (np.nan, np.nan)
+        out.append(dict(city=int(t), name=cities.name[t], lat=cities.lat[t], lon=cities.lon[t], n_rows=len(others), pred_lat=la, pred_lon=lo))
+    df = pd.DataFrame(out)
+    df['error_km'] = haversine_km(df.lat, df.lon, df.pred_lat, df.pred_lon)
+    return df
 
 # %% ../nbs/12_probe.ipynb #a6d98f71
 @call_parse
