@@ -233,6 +233,7 @@ def test_sweep_and_eval_cli(work, tmp_path):
     assert (sw['budget_modes'], sw['seeds'], sw['category_seeds']) == (['fixed_total', 'per_category'], [0, 1], [0, 1])
     assert sw['shared_categories'] == {str(c): select_categories(cats, 1, c) for c in (0, 1)} and sw['shared_categories']['0'] != sw['shared_categories']['1']
     assert len(sw['rows']) == 16 and len(list(exp.glob('arxiv_baby_k*'))) == 12            # 4 seed pairs x (K=1 for both modes, K=2 twice)
+    assert sorted({(row['seed'], row['category_seed']) for row in sw['rows']}) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     windows = {}
     for row in sw['rows']:
         m = json.loads((exp/row['run']/'metrics.json').read_text())
