@@ -16,8 +16,8 @@ from .core import WMError, cli_errors, atomic_dir, write_json, read_json, packag
 __all__ = ['ARXIV_HUB', 'SPLITS', 'PYTHIA', 'PYTHIA_FILES', 'UINT16_MAX', 'make_corpus', 'write_corpus', 'wm_arxiv_corpus',
            'hub_snapshot', 'card_data_files', 'hub_dataset', 'open_corpus', 'load_corpus', 'train_bpe', 'warn_line',
            'pythia_tokenizer', 'get_tokenizer', 'find_duplicates', 'sample_papers', 'write_tokens', 'prepare_corpus',
-           'read_index', 'Prepared', 'upload_prepared', 'download_prepared', 'wm_arxiv_prep', 'splitmix64',
-           'window_pool', 'RandomWindowDataset', 'select_categories']
+           'read_index', 'check_index', 'Prepared', 'upload_prepared', 'download_prepared', 'wm_arxiv_prep',
+           'splitmix64', 'window_pool', 'RandomWindowDataset', 'select_categories']
 
 # %% ../nbs/13_arxiv_data.ipynb #76afff39
 _SYLLABLES = [c + v for c in 'bcdfghjklmnprstvwz' for v in 'aeiou']
@@ -121,6 +121,7 @@ def _hub_failure(e:Exception)->str:
     if status: return f"the hub answered HTTP {status} ({type(e).__name__})"
     return f"hub unreachable ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]})"
 
+# %% ../nbs/13_arxiv_data.ipynb #729f3cc4
 def hub_snapshot(repo:str,                     # repository on the hub, e.g. EleutherAI/pythia-70m
                  repo_type:str='model',        # model or dataset
                  patterns:list[str]|None=None, # files to fetch (glob patterns; None: every file)
@@ -198,6 +199,7 @@ def _read_table(p:Path):
     try: return pd.read_parquet(p) if p.suffix == '.parquet' else pd.read_json(p, lines=p.suffix == '.jsonl')
     except Exception as e: raise WMError(f"{p} could not be read as {p.suffix[1:]} ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
 
+# %% ../nbs/13_arxiv_data.ipynb #ca011029
 def _read_disk(p:Path, text_column, category_column, seed):
     "A `save_to_disk` folder (Dataset or DatasetDict) as the three-split corpus."
     import datasets
@@ -206,7 +208,7 @@ def _read_disk(p:Path, text_column, category_column, seed):
     if isinstance(d, datasets.Dataset): return _from_frame(d.to_pandas(), str(p), text_column, category_column, seed)
     return _hub_like(d, str(p), text_column, category_column, seed)
 
-# %% ../nbs/13_arxiv_data.ipynb #1df73f78
+# %% ../nbs/13_arxiv_data.ipynb #0147af8d
 def open_corpus(source:str|Path=ARXIV_HUB,       # hub name, .jsonl/.parquet file or save_to_disk folder
                 text_column:str='text',          # column with the paper text
                 category_column:str='category',  # column with the category name
@@ -222,6 +224,7 @@ def open_corpus(source:str|Path=ARXIV_HUB,       # hub name, .jsonl/.parquet fil
         return _hub_like(d, str(source), 'text' if arxiv else text_column, 'label' if arxiv else category_column, seed), how
     raise WMError(f"corpus {source} not found: give a hub name, a .jsonl/.parquet file or a save_to_disk folder")
 
+# %% ../nbs/13_arxiv_data.ipynb #16ec0f7f
 def load_corpus(source:str|Path=ARXIV_HUB,       # hub name, .jsonl/.parquet file or save_to_disk folder
                 text_column:str='text',          # column with the paper text
                 category_column:str='category',  # column with the category name
@@ -254,6 +257,7 @@ def warn_line(msg:str): # what the reader must not miss
     "One prominent `WARNING:` line on stderr."
     print(f"WARNING: {msg}", file=sys.stderr, flush=True)
 
+# %% ../nbs/13_arxiv_data.ipynb #5016bc83
 def pythia_tokenizer(endpoint:str|None=None)->tuple: # hub URL (None: HF_ENDPOINT or the default)
     "`(tokenizer or None, provenance)`: the Pythia tokenizer from the hub when it answers, else from the cache."
     from transformers import AutoTokenizer
@@ -270,6 +274,7 @@ def _folder_tokenizer(folder:str)->tuple:
     try: return AutoTokenizer.from_pretrained(folder), dict(kind='folder', source=str(Path(folder).resolve()))
     except Exception as e: raise WMError(f"{folder} is not a tokenizer folder ({type(e).__name__})") from None
 
+# %% ../nbs/13_arxiv_data.ipynb #c17335e0
 def get_tokenizer(tokenizer:str='auto', # auto (Pythia from hub or cache, else a BPE), pythia, bpe, or a tokenizer folder
                   texts=None,            # training texts for a BPE
                   vocab_size:int=8192):  # BPE vocabulary size
@@ -298,8 +303,10 @@ def find_duplicates(dsd)->dict: # a corpus DatasetDict
     across = [g for g in dup if len({x.split(':', 1)[0] for x in g}) > 1]
     return dict(across_splits=len(across), papers_across_splits=sum(map(len, across)), within_split=len(dup) - len(across), examples=across[:3])
 
+# %% ../nbs/13_arxiv_data.ipynb #addce3d5
 def _warn_duplicates(d:dict):
-    if d['across_splits']: warn_line(f"{d['papers_across_splits']} papers share their text with a paper of another split ({d['across_splits']} texts, "
+    "One WARNING line when texts are shared across splits."
+    if d['across_splits']: warn_line(f"{d['papers_across_splits']} papers share their text with a paper of another split ({d['across_splits']} text{'s' * (d['across_splits'] != 1)}, "
                                      f"e.g. {' = '.join(d['examples'][0])}): their held-out losses measure memorisation; deduplicate the source")
 
 # %% ../nbs/13_arxiv_data.ipynb #0372377b
@@ -319,6 +326,7 @@ def _uint16(ids, paper:str)->np.ndarray:
         raise WMError(f"paper {paper}: token id {int(a.max())} is beyond uint16 (0..65,535): use a tokenizer with at most 65,536 tokens (--tokenizer bpe --vocab_size N)")
     return a.astype(np.uint16)
 
+# %% ../nbs/13_arxiv_data.ipynb #5240b519
 def _split_summary(lines:list[dict], split:str)->dict:
     "Papers, tokens and papers per category of one split of the index."
     rows = [l for l in lines if l['split'] == split]
@@ -395,6 +403,18 @@ def read_index(path:Path)->dict: # a prepared folder
     return cols
 
 # %% ../nbs/13_arxiv_data.ipynb #f0101133
+def check_index(path:Path,            # the prepared folder
+                ix:dict)->int:        # its index columns (read_index)
+    "Split names, back-to-back offsets and the size of `tokens.bin`, each failure one line; returns the number of tokens."
+    lengths, offsets, fix = np.asarray(ix['length'], np.int64), np.asarray(ix['offset'], np.int64), _fix(path)
+    if set(ix['split']) - set(SPLITS): raise WMError(f"{path/'index.jsonl'} names unknown split(s) {sorted(set(ix['split']) - set(SPLITS))}: {fix}")
+    if (lengths < 0).any() or not np.array_equal(offsets, np.concatenate([[0], np.cumsum(lengths)[:-1]])):
+        raise WMError(f"{path/'index.jsonl'} is corrupt (offsets are not the running sum of lengths): {fix}")
+    n_tok, size = int(lengths.sum()), (path/'tokens.bin').stat().st_size
+    if size != 2 * n_tok: raise WMError(f"{path/'tokens.bin'} is corrupt: {size:,} bytes but the index needs {2*n_tok:,} ({n_tok:,} uint16 tokens): {fix}")
+    return n_tok
+
+# %% ../nbs/13_arxiv_data.ipynb #4e77dc4b
 class Prepared:
     "A prepared folder: the paper index as arrays, the category names and a lazily opened token memmap."
     def __init__(self, path:str|Path): # a prepared folder
@@ -403,26 +423,14 @@ class Prepared:
         for f in ('tokens.bin', 'index.jsonl', 'splits.json'):
             if not (path/f).exists(): raise WMError(f"{path/f} is missing: {_fix(path)}")
         ix = read_index(path)
+        self.n_tokens = check_index(path, ix)
         self.ids, self.offsets, self.lengths = np.array(ix['id']), np.array(ix['offset'], np.int64), np.array(ix['length'], np.int64)
         self.categories = sorted(set(ix['category']))
         self.cat_codes = np.searchsorted(self.categories, ix['category']).astype(np.int32)
         self.splits = np.array(ix['split'])
-        self.n_tokens = self._check()
         self.manifest = read_json(path/'manifest.json') if (path/'manifest.json').exists() else {}
 
-# %% ../nbs/13_arxiv_data.ipynb #af6d19a4
-@patch
-def _check(self:Prepared)->int:
-    "Split names, back-to-back offsets and the size of `tokens.bin`; returns the number of tokens."
-    path, fix = self.path, _fix(self.path)
-    if set(self.splits) - set(SPLITS): raise WMError(f"{path/'index.jsonl'} names unknown split(s) {sorted(set(self.splits) - set(SPLITS))}: {fix}")
-    if (self.lengths < 0).any() or not np.array_equal(self.offsets, np.concatenate([[0], np.cumsum(self.lengths)[:-1]])):
-        raise WMError(f"{path/'index.jsonl'} is corrupt (offsets are not the running sum of lengths): {fix}")
-    n_tok, size = int(self.lengths.sum()), (path/'tokens.bin').stat().st_size
-    if size != 2 * n_tok: raise WMError(f"{path/'tokens.bin'} is corrupt: {size:,} bytes but the index needs {2*n_tok:,} ({n_tok:,} uint16 tokens): {fix}")
-    return n_tok
-
-# %% ../nbs/13_arxiv_data.ipynb #4e77dc4b
+# %% ../nbs/13_arxiv_data.ipynb #88862d2c
 @patch
 def tokens(self:Prepared)->np.memmap: return np.memmap(self.path/'tokens.bin', np.uint16, 'r')
 
@@ -433,6 +441,7 @@ def papers(self:Prepared, split:str, categories=None)->np.ndarray:
     if categories is not None: m &= np.isin(self.cat_codes, [self.categories.index(c) for c in categories])
     return np.flatnonzero(m)
 
+# %% ../nbs/13_arxiv_data.ipynb #8f56442e
 @patch
 def tokenizer_note(self:Prepared)->str:
     "Which tokenizer, and the fallback warning when Pythia was wanted but a BPE was trained."
@@ -449,6 +458,7 @@ def _fs(url:str):
     except ImportError as e: raise WMError(f"{url}: {e}; install it (s3fs for s3://)") from None
     except ValueError as e: raise WMError(f"{url}: {e}") from None
 
+# %% ../nbs/13_arxiv_data.ipynb #19da66c0
 def upload_prepared(folder:str|Path, # a prepared folder
                     url:str,         # destination, e.g. s3://bucket/prefix or file:///path
                     progress:bool=True): # show a progress bar
@@ -573,6 +583,7 @@ def tokens(self:RandomWindowDataset)->np.memmap:
     if self._mm is None or self._pid != os.getpid(): self._mm, self._pid = np.memmap(self.path/'tokens.bin', np.uint16, 'r'), os.getpid()
     return self._mm
 
+# %% ../nbs/13_arxiv_data.ipynb #bc0781c9
 @patch
 def draw(self:RandomWindowDataset, idx)->tuple[np.ndarray, np.ndarray]:
     "Pool positions and start offsets (in tokens.bin) of windows `idx`."
@@ -581,7 +592,7 @@ def draw(self:RandomWindowDataset, idx)->tuple[np.ndarray, np.ndarray]:
     p = (h1 % np.uint64(len(self.pool))).astype(np.int64)
     return p, self.offsets[p] + (h2 % self.spans[p].astype(np.uint64)).astype(np.int64)
 
-# %% ../nbs/13_arxiv_data.ipynb #46975bdc
+# %% ../nbs/13_arxiv_data.ipynb #7643674a
 @patch
 def windows(self:RandomWindowDataset, idx)->np.ndarray:
     "A `(len(idx), window)` int64 array of windows `idx`."
@@ -593,6 +604,7 @@ def window_categories(self:RandomWindowDataset, idx)->np.ndarray:
     "Category codes (indices into `category_names`) of windows `idx`."
     return self.pool_cats[self.draw(idx)[0]]
 
+# %% ../nbs/13_arxiv_data.ipynb #6381698e
 @patch
 def __getitems__(self:RandomWindowDataset, idx): return [{'input_ids': w} for w in self.windows(idx)]
 

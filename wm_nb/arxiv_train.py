@@ -26,6 +26,7 @@ class WindowCollator:
         ids = torch.from_numpy(np.stack([f['input_ids'] for f in feats]))
         return dict(input_ids=ids, labels=ids.clone())
 
+# %% ../nbs/14_arxiv_train.ipynb #ad1e9115
 def load_prepared_tokenizer(P:Prepared): # a prepared folder
     "The tokenizer saved in a prepared folder."
     from transformers import AutoTokenizer
@@ -178,6 +179,7 @@ def arxiv_info(path:str|Path)->dict|None: # final/ or checkpoints/checkpoint-N/
     f = next((q/'wm_arxiv.json' for q in (p, p.parent.parent) if (q/'wm_arxiv.json').exists()), None)
     return read_json(f) if f else None
 
+# %% ../nbs/14_arxiv_train.ipynb #3afe723d
 def evaluate_arxiv_checkpoint(checkpoint:str|Path,          # final/ or checkpoints/checkpoint-N/ of an arxiv run
                               prepared:str|Path|None=None,  # prepared folder (default: the run's)
                               split:str='test',             # test or validation
@@ -205,14 +207,21 @@ def evaluate_arxiv_checkpoint(checkpoint:str|Path,          # final/ or checkpoi
     write_json(m, out/f"metrics_{split}.json")
     return m
 
-# %% ../nbs/14_arxiv_train.ipynb #3afe723d
+# %% ../nbs/14_arxiv_train.ipynb #daf3868b
 def format_arxiv(m:dict)->str: # metrics of evaluate_windows
     "One line per category and the mean, for the terminal."
     rows = [f"  {c:<24} loss {v:.4f}  perplexity {math.exp(v):.2f}" for c, v in m['per_category'].items()]
     return '\n'.join([f"{m['split']}: loss {m['loss']:.4f}  perplexity {m['perplexity']:.2f}  ({len(rows)} categories x {m['windows_per_category']} windows of {m['window']} tokens)"] + rows)
 
-def wm_eval_arxiv(checkpoint, dataset=None, split='test', n=None, out=None, batch_size=None, seed=None):
-    "What `wm_eval` runs for an arxiv model (101-token windows: 64 per batch unless told)."
+# %% ../nbs/14_arxiv_train.ipynb #5780efe2
+def wm_eval_arxiv(checkpoint,       # final/ or checkpoints/checkpoint-N/ of an arxiv run
+                  dataset=None,     # prepared folder (default: the run's)
+                  split='test',     # test or validation
+                  n=None,           # windows per category (default: the run's test_windows)
+                  out=None,         # folder for metrics_<split>.json
+                  batch_size=None,  # windows per forward pass (default 64)
+                  seed=None):       # evaluation seed (default: the run's)
+    "What `wm_eval` runs for an arxiv model: `evaluate_arxiv_checkpoint`, printed."
     print(format_arxiv(evaluate_arxiv_checkpoint(checkpoint, dataset, split, n, out, batch_size or 64, seed)))
 
 # %% ../nbs/14_arxiv_train.ipynb #087c9a71
@@ -225,6 +234,7 @@ def parse_ks(ks:str|list)->list[int]: # e.g. '1,2,4'
     if not out or out[0] < 1: raise WMError(f"K values must be >= 1, got {ks!r}")
     return out
 
+# %% ../nbs/14_arxiv_train.ipynb #d8ff1a70
 def parse_seeds(seeds:str|list, what:str='seeds')->list[int]: # e.g. '0,1,2'
     "'0,1' -> [0, 1] (unique, in the given order, each >= 0)."
     try: out = list(dict.fromkeys(int(s) for s in (str(seeds).split(',') if isinstance(seeds, (str, int)) else seeds)))
@@ -232,6 +242,7 @@ def parse_seeds(seeds:str|list, what:str='seeds')->list[int]: # e.g. '0,1,2'
     if not out or min(out) < 0: raise WMError(f"{what} must be >= 0, got {seeds!r}")
     return out
 
+# %% ../nbs/14_arxiv_train.ipynb #34b077f5
 def parse_modes(modes:str|list)->list[str]: # fixed_total, per_category, both, or a comma-separated list
     "The budget modes asked for, in the order of `BUDGET_MODES`."
     items = BUDGET_MODES if modes == 'both' else [m.strip() for m in (modes.split(',') if isinstance(modes, str) else modes)]
@@ -282,6 +293,7 @@ def sweep_rows(results:list[tuple[dict, dict]], # (plan entry, metrics) of every
         per += [dict(**base, tokens=m['tokens_seen'], run=c.name, category=x, shared=x in sh, test_loss=v) for x, v in pc.items()]
     return pd.DataFrame(rows).sort_values(['budget_mode', 'K', 'seed', 'category_seed'], ignore_index=True), pd.DataFrame(per)
 
+# %% ../nbs/14_arxiv_train.ipynb #6fc81f4d
 def summarise_sweep(runs)->'pd.DataFrame': # the runs table of sweep_rows
     "Mean and spread over seeds per budget mode and K."
     g = runs.groupby(['budget_mode', 'K'], sort=True)
@@ -319,6 +331,7 @@ def _write_sweep(folder:Path, meta:dict, tables:dict, title:str):
         save_fig(plot_sweep(tables['summary'], title), d/'loss_vs_k.png')
     return folder
 
+# %% ../nbs/14_arxiv_train.ipynb #34588943
 def arxiv_sweep(cfg:ExperimentConfig,         # an arxiv config; train.token_budget is the budget at the smallest K
                 ks=None,                      # K values (default: arxiv.sweep_ks)
                 seeds=None,                   # training seeds (default: train.seed)
