@@ -103,7 +103,7 @@ def nowhere():
 
 def env(tmp_path, hub, **extra):
     "A CLI environment with its own HF_HOME, the hub at `hub`, and no offline flags unless given."
-    e = {k: v for k, v in os.environ.items() if k not in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_ENDPOINT')}
+    e = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'HUGGINGFACE_', 'TRANSFORMERS_', 'DATASETS_'))}   # no cache, hub or offline setting leaks in
     e.update(HF_HOME=str(tmp_path/'hf'), HF_ENDPOINT=hub, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]),
              OMP_NUM_THREADS='1', HF_HUB_DISABLE_TELEMETRY='1')
     e.update(extra)

@@ -132,7 +132,7 @@ def hub_snapshot(repo:str,                     # repository on the hub, e.g. Ele
     if constants.HF_HUB_OFFLINE: reason = 'offline mode (HF_HUB_OFFLINE=1)'
     else:
         try:
-            HfApi(endpoint=endpoint).repo_info(repo, repo_type=repo_type)      # the real call: does the hub answer?
+            HfApi(endpoint=endpoint).repo_info(repo, repo_type=repo_type, timeout=constants.HF_HUB_ETAG_TIMEOUT)   # the real call: does the hub answer?
             folder = Path(snapshot_download(repo, **kw))
             return folder, dict(repo=repo, loaded_from='hub', revision=folder.name)
         except Exception as e: reason = _hub_failure(e)
