@@ -1,8 +1,10 @@
 """The arXiv K-category experiment end to end on the generated corpus: prepare through the CLI,
 S3 upload/download against a moto server on loopback, the download fallback, reproducible windows
-with DataLoader workers, K selection, every bad input (one line, exit 2, nothing half-written), and
-the sweep + wm_eval commands."""
-import json, os, pickle, shutil, socket, subprocess, sys, tempfile
+with DataLoader workers, K selection, every bad input (one line, exit 2, nothing half-written), the
+sweep (seeds, category seeds, both budget modes) + wm_eval commands, and what preparation and training
+report (duplicate texts across splits, budgets that repeat the data many times). The hub path is in
+test_arxiv_hub.py."""
+import csv, json, os, pickle, shutil, socket, subprocess, sys, tempfile
 from pathlib import Path
 import numpy as np
 import pytest
@@ -219,27 +221,77 @@ def test_token_id_beyond_uint16(tmp_path):
 # --- sweep and evaluation --------------------------------------------------------------------
 
 def test_sweep_and_eval_cli(work, tmp_path):
-    r = ok(run('wm_arxiv_sweep', 'arxiv_baby', '--arxiv.prepared', work/'prepared', cwd=tmp_path))
+    """Two K, two training seeds, two category seeds, both budget modes: the headline is the shared category's loss (on the
+    same windows in every run), the K_min run is trained once for both modes, and wm_eval reproduces a run's test loss."""
+    from wm_nb.arxiv_data import Prepared, select_categories
+    r = ok(run('wm_arxiv_sweep', 'arxiv_baby', '--arxiv.prepared', work/'prepared', '--ks', '1,2', '--seeds', '0,1', '--category_seeds', '0,1',
+               '--budget_modes', 'both', cwd=tmp_path))
+    assert 'WARNING' not in r.stderr and 'shared_loss' in r.stdout
     exp = tmp_path/'outputs'/'experiments'
     sw = json.loads((exp/'arxiv_baby_sweep'/'sweep.json').read_text())
-    assert [row['K'] for row in sw['rows']] == [1, 2, 4] and (exp/'arxiv_baby_sweep'/'loss_vs_k.png').stat().st_size > 0
-    assert len({row['tokens'] for row in sw['rows']}) == 1 and sw['rows'][0]['tokens'] == 60 * 16 * 101
-    firsts = {row['categories'].split()[0] for row in sw['rows']}
-    assert len(firsts) == 1
+    cats = Prepared(work/'prepared').categories
+    assert (sw['budget_modes'], sw['seeds'], sw['category_seeds']) == (['fixed_total', 'per_category'], [0, 1], [0, 1])
+    assert sw['shared_categories'] == {str(c): select_categories(cats, 1, c) for c in (0, 1)} and sw['shared_categories']['0'] != sw['shared_categories']['1']
+    assert len(sw['rows']) == 16 and len(list(exp.glob('arxiv_baby_k*'))) == 12            # 4 seed pairs x (K=1 for both modes, K=2 twice)
+    assert sorted({(row['seed'], row['category_seed']) for row in sw['rows']}) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    windows = {}
     for row in sw['rows']:
-        run_dir = exp/f"arxiv_baby_k{row['K']}"
-        m = json.loads((run_dir/'metrics.json').read_text())
-        assert m['test']['loss'] == pytest.approx(row['test_loss']) and len(m['categories']) == row['K']
-        assert len(list((run_dir/'checkpoints').glob('checkpoint-*'))) <= 3      # capped (2) + the best
-        assert m['best_eval_loss'] == min(h['eval_loss'] for h in json.loads((run_dir/'log_history.json').read_text()) if 'eval_loss' in h)
-    assert 'test_loss' in r.stdout
-    # wm_eval on the final model reproduces the run's test loss; on a step checkpoint it works too
-    m2 = json.loads((exp/'arxiv_baby_k2'/'metrics.json').read_text())
-    r = ok(run('wm_eval', exp/'arxiv_baby_k2'/'final', cwd=tmp_path))    # defaults: the run's own test windows and seed
-    e = json.loads((exp/'arxiv_baby_k2'/'final'/'eval'/'metrics_test.json').read_text())
+        m = json.loads((exp/row['run']/'metrics.json').read_text())
+        shared = sw['shared_categories'][str(row['category_seed'])]
+        assert m['categories'][:1] == shared and (m['seed'], m['category_seed']) == (row['seed'], row['category_seed'])
+        assert row['shared_loss'] == pytest.approx(m['test']['per_category'][shared[0]]) and row['own_loss'] == pytest.approx(m['test']['loss'])
+        budget = 60 * 16 * 101 * (row['K'] if row['budget_mode'] == 'per_category' else 1)
+        assert row['tokens'] == m['tokens_seen'] == budget and row['best_tokens'] == m['best_step'] * 16 * 101 <= budget
+        hist = json.loads((exp/row['run']/'log_history.json').read_text())
+        assert row['best_val_loss'] == next(h['eval_loss'] for h in hist if h.get('step') == m['best_step'] and 'eval_loss' in h)
+        assert sum(m['best_tokens_per_category'].values()) == row['best_tokens']
+        assert len(list((exp/row['run']/'checkpoints').glob('checkpoint-*'))) <= 3      # capped (2) + the best
+        windows.setdefault(shared[0], set()).add((m['test']['windows_per_category'], m['test']['seed']))
+    assert all(len(v) == 1 for v in windows.values())                                   # identical windows of the shared category
+    summary = list(csv.DictReader(open(exp/'arxiv_baby_sweep'/'summary.csv')))
+    assert [(s['budget_mode'], s['K'], s['n_runs']) for s in summary] == [(m, k, '4') for m in ('fixed_total', 'per_category') for k in ('1', '2')]
+    per = list(csv.DictReader(open(exp/'arxiv_baby_sweep'/'per_category.csv')))
+    assert len(per) == 4 * (1 + 2 + 2) and (exp/'arxiv_baby_sweep'/'loss_vs_k.png').stat().st_size > 0
+    # wm_eval on a final model reproduces the run's test loss; on a step checkpoint it works too
+    run_dir = exp/next(row['run'] for row in sw['rows'] if row['K'] == 2)
+    m2 = json.loads((run_dir/'metrics.json').read_text())
+    r = ok(run('wm_eval', run_dir/'final', cwd=tmp_path))    # defaults: the run's own test windows and seed
+    e = json.loads((run_dir/'final'/'eval'/'metrics_test.json').read_text())
     assert e['loss'] == pytest.approx(m2['test']['loss'], abs=1e-4) and 'perplexity' in r.stdout
-    ck = sorted((exp/'arxiv_baby_k2'/'checkpoints').glob('checkpoint-*'))[0]
+    ck = sorted((run_dir/'checkpoints').glob('checkpoint-*'))[0]
     ok(run('wm_eval', ck, '--split', 'validation', '--n', 64, cwd=tmp_path))
     assert (ck/'eval'/'metrics_validation.json').exists()
     # the same sweep again refuses to overwrite, in one line
-    one_error_line(run('wm_arxiv_sweep', 'arxiv_baby', '--arxiv.prepared', work/'prepared', cwd=tmp_path), 'wm_arxiv_sweep', 'already has checkpoints')
+    one_error_line(run('wm_arxiv_sweep', 'arxiv_baby', '--arxiv.prepared', work/'prepared', '--ks', '1,2', '--seeds', '0,1', cwd=tmp_path),
+                   'wm_arxiv_sweep', 'already has checkpoints')
+    one_error_line(run('wm_arxiv_sweep', 'arxiv_baby', '--arxiv.prepared', work/'prepared', '--budget_modes', 'total', cwd=tmp_path),
+                   'wm_arxiv_sweep', 'budget modes are fixed_total, per_category or both')
+
+# --- what preparation and training report ----------------------------------------------------
+
+def test_duplicates_across_splits_reported(tmp_path):
+    "A text that appears in two splits (whitespace aside) is reported in one WARNING line and in the manifest; nothing is dropped."
+    from wm_nb.arxiv_data import make_corpus, write_corpus
+    docs = [d | dict(split=s) for d, s in zip(make_corpus(2, 9, seed=0), ['train'] * 12 + ['validation'] * 3 + ['test'] * 3)]
+    docs.append(dict(id='copy-of-0', text='  ' + docs[0]['text'].replace(' ', '\n', 3), category=docs[0]['category'], split='test'))
+    write_corpus(docs, tmp_path/'c.jsonl')
+    r = ok(run('wm_arxiv_prep', '--source', tmp_path/'c.jsonl', '--out', tmp_path/'p', '--full_dataset', '--tokenizer', 'bpe', '--vocab_size', 300, cwd=tmp_path))
+    warnings = [l for l in r.stderr.splitlines() if l.startswith('WARNING')]
+    assert len(warnings) == 1 and '2 papers share their text with a paper of another split' in warnings[0] and 'copy-of-0' in warnings[0], r.stderr[-2000:]
+    d = json.loads((tmp_path/'p'/'manifest.json').read_text())['duplicates']
+    assert (d['across_splits'], d['papers_across_splits'], d['within_split']) == (1, 2, 0)
+    assert d['examples'] == [[f"train:{docs[0]['id']}", 'test:copy-of-0']] and '19 papers' in r.stdout
+
+def test_many_epochs_warning(tmp_path):
+    "A budget that reads the training papers many times says so in one line, with the epochs also in metrics.json."
+    from wm_nb.arxiv_data import make_corpus, write_corpus, Prepared, select_categories
+    write_corpus(make_corpus(2, 12, min_words=150, max_words=200, short_fraction=0, seed=1), tmp_path/'c.jsonl')
+    ok(run('wm_arxiv_prep', '--source', tmp_path/'c.jsonl', '--out', tmp_path/'p', '--full_dataset', '--tokenizer', 'bpe', '--vocab_size', 300, cwd=tmp_path))
+    r = ok(run('wm_train', 'arxiv_baby', '--arxiv.k', 1, '--arxiv.prepared', tmp_path/'p', '--out_dir', tmp_path/'exp', cwd=tmp_path))
+    P = Prepared(tmp_path/'p')
+    pool = int(P.lengths[P.papers('train', select_categories(P.categories, 1, 0))].sum())
+    m = json.loads((tmp_path/'exp'/'arxiv_baby'/'metrics.json').read_text())
+    assert m['epochs'] == pytest.approx(60 * 16 * 101 / pool) and m['epochs'] > 10
+    warnings = [l for l in r.stderr.splitlines() if l.startswith('WARNING')]
+    assert len(warnings) == 1 and f"{pool:,} training tokens of its 1 category {m['epochs']:,.0f} times" in warnings[0], r.stderr[-2000:]
+    assert m['short_papers_left_out'] == {'train': 0, 'validation': 0, 'test': 0}
