@@ -45,3 +45,21 @@ def test_torch_is_capped_below_2_14():
     req = cfg['DEFAULT']['requirements']
     m = re.search(r'torch([^\s]*)', req)
     assert m and '<2.14' in m.group(1), "torch must stay below 2.14 (newer resolves pull multi-GB CUDA builds)"
+
+
+def test_no_module_imports_a_later_one():
+    "The modules form a line in the notebooks' reading order: each imports only earlier ones (no import circles)."
+    import ast
+    order = {}
+    for nb in sorted((ROOT/'nbs').glob('*.ipynb')):
+        m = re.search(r'#\|\s*default_exp\s+(\w+)', nb.read_text())
+        if m: order[m[1]] = nb.stem
+    later = []
+    for mod, nb in order.items():
+        tree = ast.parse((ROOT/'wm_nb'/f'{mod}.py').read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ''] if isinstance(node, ast.ImportFrom) else []
+            for n in names:
+                if isinstance(node, ast.ImportFrom) and node.level: n = f"wm_nb.{n}"
+                if n.startswith('wm_nb.') and n.split('.')[1] in order and order[n.split('.')[1]] > nb: later.append(f"{mod} ({nb}) imports {n} ({order[n.split('.')[1]]})")
+    assert not later, later

@@ -314,7 +314,7 @@ def wm_eval(checkpoint:str,          # model folder: an experiment's final/, a c
             allow_other_data:bool=False): # evaluate on another city table or tasks the model was not trained on (the report says so)
     "Generation on a dataset split, scored per task beside its floor; arxiv models: test loss and perplexity."
     with cli_errors('wm_eval'):
-        from wm_nb.arxiv_train import arxiv_info, wm_eval_arxiv   # the arXiv experiment's models: loss and perplexity
+        from wm_nb.arxiv_train import arxiv_info, wm_eval_arxiv   # the arXiv experiment's models (09c, an earlier module): loss and perplexity
         if arxiv_info(checkpoint) is not None: return wm_eval_arxiv(checkpoint, dataset, split or 'test', n, out, batch_size, seed)
         r = evaluate_checkpoint(checkpoint, dataset, split or 'validation', n, out, batch_size or 512, 0 if seed is None else seed, allow_other_data)
         print(format_report(r))

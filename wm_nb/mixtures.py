@@ -14,6 +14,7 @@ from .core import WMError, atomic_dir, write_json, read_json, package_version
 from .geo import EARTH_RADIUS_KM
 from .cities import Cities, load_cities
 from .tasks import Task, get_task, task_columns, rows_of, distinct_rows
+import wm_nb.walks                                        # registers the walk task
 
 # %% auto #0
 __all__ = ['FORMAT', 'normalise_spec', 'specs_dir', 'shipped_specs', 'load_spec', 'single_task_spec', 'add_new_cities',

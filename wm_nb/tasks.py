@@ -150,7 +150,8 @@ def register(task:Task)->Task:
 
 def get_task(name:str, **params)->Task:
     "The registered task `name` (with `params`, e.g. a walk's `threshold_km`)."
-    import wm_nb.walks     # registers `walk`
+    if name not in TASKS and name == 'walk':
+        raise WMError("the walk task is registered by wm_nb.walks: import it (wm_nb.mixtures and the commands do)")
     if name not in TASKS:
         import difflib
         near = difflib.get_close_matches(str(name), list(TASKS), n=1)
