@@ -12,6 +12,7 @@ from fastcore.script import anno_parser, Param
 from .core import WMError, cli_errors, atomic_dir, write_json, read_json, package_version
 from .config import ExperimentConfig, load_config, save_config, parse_overrides
 from .arxiv_data import SPLITS, Prepared, RandomWindowDataset, select_categories, warn_line
+from .trainer import run_row
 
 # %% auto #0
 __all__ = ['MANY_EPOCHS', 'BUDGET_MODES', 'WindowCollator', 'load_prepared_tokenizer', 'window_loss', 'evaluate_windows',
@@ -285,7 +286,9 @@ def sweep_rows(results:list[tuple[dict, dict]], # (plan entry, metrics) of every
         c, pc = run['cfg'], m['test']['per_category']
         sh, ct = shared[c.arxiv.category_seed], m['best_tokens_per_category']
         base = dict(K=m['k'], seed=c.train.seed, category_seed=c.arxiv.category_seed)
-        rows += [dict(budget_mode=mode, **base, shared_loss=float(np.mean([pc[x] for x in sh])), own_loss=m['test']['loss'],
+        exp = Path(str(getattr(c, 'out_dir', '')))/c.name
+        common = {k: v for k, v in run_row(exp).items() if k in ('params', 'steps', 'minutes')} if (exp/'metrics.json').exists() else {}   # as load_runs reads every run
+        rows += [dict(budget_mode=mode, **base, **common, shared_loss=float(np.mean([pc[x] for x in sh])), own_loss=m['test']['loss'],
                       best_val_loss=m['best_eval_loss'], best_step=m['best_step'], best_tokens=m['best_tokens_seen'],
                       best_tokens_per_category_min=min(ct.values()), best_tokens_per_category_max=max(ct.values()), tokens=m['tokens_seen'],
                       epochs=m['epochs'], short_left_out=m['short_papers_left_out']['train'], shared_categories=' '.join(sh),

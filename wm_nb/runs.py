@@ -12,10 +12,10 @@ from .core import WMError, cli_errors, read_json
 from .cities import Cities, load_cities
 from .tasks import get_task, TASKS
 from .config import load_config, config_dict
-from .trainer import load_model, checkpoints, snapshots
+from .trainer import load_model, checkpoints, snapshots, load_runs, plot_runs, run_row
 
 # %% auto #0
-__all__ = ['Experiment', 'load_experiment', 'run_row', 'load_runs', 'plot_runs', 'wm_sample']
+__all__ = ['Experiment', 'load_experiment', 'wm_sample']
 
 # %% ../nbs/12c_runs.ipynb #35f649d8
 class Experiment:
@@ -153,53 +153,6 @@ def _walk_params(self:Experiment)->dict:
     return dict(threshold_km=d.threshold_km, max_len=d.max_len)
 
 Experiment.ask, Experiment._walk_params = _ask, _walk_params
-
-# %% ../nbs/12c_runs.ipynb #07bfd782
-def run_row(path:Path)->dict:
-    "One row of `load_runs` for an experiment folder."
-    m = read_json(path/'metrics.json')
-    row = dict(run=path.name, tasks=','.join(m.get('tasks', [])) or f"arxiv K={m.get('k')}", params=m.get('params'), steps=m.get('global_step'),
-               rows_seen=m.get('rows_seen', m.get('tokens_seen')), minutes=round(m.get('train_seconds', 0)/60, 2))
-    for key in ('eval', 'eval_heldout'):
-        for name, mm in (m.get(key) or {}).items():
-            for k in ('median_km', 'mean_abs_err', 'accuracy', 'valid_rate'):
-                if k in mm:
-                    col = f"{'' if key == 'eval' else 'heldout:'}{mm.get('task', name)}_{k}"
-                    row[col] = mm[k]; row[col + '_floor'] = (mm.get('floor') or {}).get(k)
-    if 'test' in m: row.update(test_loss=m['test'].get('loss'), test_perplexity=m['test'].get('perplexity'))
-    for t, v in (m.get('time_to_map') or {}).items():
-        row[f'{t}_minutes_to_map'] = round(v['minutes'], 2) if v['reached'] else None
-        row[f'{t}_best_probe_r2'] = v.get('r2') if v['reached'] else v['best_r2']
-    return row
-
-def load_runs(folder:str|Path='outputs/experiments')->pd.DataFrame: # a folder of experiments
-    "One row per finished experiment under `folder`."
-    folder = Path(folder)
-    if not folder.is_dir(): raise WMError(f"{folder} not found: give the folder holding the experiments (outputs/experiments)")
-    rows = [run_row(p) for p in sorted(folder.iterdir()) if (p/'metrics.json').exists()]
-    if not rows: raise WMError(f"{folder} holds no finished experiment (no <run>/metrics.json)")
-    return pd.DataFrame(rows).set_index('run')
-
-def plot_runs(folder_or_paths, # a folder of experiments, or a list of experiment folders
-              y:str='loss', # a logged value: loss, eval_loss, eval_<task>_<metric>, ...
-              x:str='step', # step, rows_seen or minutes
-              ax=None, logy:bool|None=None):
-    "The curve of `y` of each run on one axes; returns the figure."
-    import matplotlib.pyplot as plt
-    paths = [Path(p) for p in folder_or_paths] if isinstance(folder_or_paths, (list, tuple)) else \
-            [p for p in sorted(Path(folder_or_paths).iterdir()) if (p/'log_history.json').exists()]
-    if ax is None: _, ax = plt.subplots(figsize=(7, 4))
-    for p in paths:
-        e = Experiment(p); h = e.history
-        if y not in h or h[y].notna().sum() == 0: continue
-        h = h[h[y].notna()]
-        bs = e.config.train.batch_size if e.config.data.task != 'arxiv' else e.config.train.batch_size*e.config.arxiv.window
-        xs = {'step': h.step, 'rows_seen': h.step*bs, 'minutes': h.step/max(e.metrics.get('global_step', 1), 1)*e.metrics.get('train_seconds', 0)/60}[x]
-        ax.plot(xs, h[y], '-' if y in ('loss',) else 'o-', ms=3, lw=1, label=p.name)
-    ax.set(xlabel=x.replace('_', ' '), ylabel=y.replace('_', ' '))
-    if logy or (logy is None and y.endswith(('_km', '_err'))): ax.set_yscale('log')
-    ax.legend(fontsize=8)
-    return ax.figure
 
 # %% ../nbs/12c_runs.ipynb #81b5f1f4
 @call_parse

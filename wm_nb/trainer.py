@@ -6,14 +6,14 @@
 from __future__ import annotations
 import os, math, time, json
 from pathlib import Path
-import numpy as np, torch
+import numpy as np, pandas as pd, torch
 from .core import WMError, write_json, read_json, record_written, remove_tree, make_dirs, check_replaceable, quiet_libraries
 from .config import ExperimentConfig, load_config, config_dict
 
 # %% auto #0
 __all__ = ['build_model', 'n_params', 'check_model_folder', 'load_model', 'load_weights', 'plan_steps', 'setup_tracking',
            'tracking_callbacks', 'snapshot_callback', 'step_counter', 'snapshots', 'checkpoints', 'experiment_dirs',
-           'training_args', 'make_trainer_class', 'plot_curves']
+           'training_args', 'make_trainer_class', 'plot_curves', 'run_row', 'load_runs', 'plot_runs']
 
 # %% ../nbs/09a_trainer.ipynb #6f467cdb
 def build_model(cfg:ExperimentConfig, # the experiment config (`model` section; `train.seed`, `train.init_from`)
@@ -256,3 +256,50 @@ def plot_curves(history:list[dict], # the Trainer's log history
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/09a_trainer.ipynb #ef30621a
+def run_row(path:Path)->dict:
+    "One row of `load_runs` for an experiment folder."
+    m = read_json(path/'metrics.json')
+    row = dict(run=path.name, tasks=','.join(m.get('tasks', [])) or f"arxiv K={m.get('k')}", params=m.get('params'), steps=m.get('global_step'),
+               rows_seen=m.get('rows_seen', m.get('tokens_seen')), minutes=round(m.get('train_seconds', 0)/60, 2))
+    for key in ('eval', 'eval_heldout'):
+        for name, mm in (m.get(key) or {}).items():
+            for k in ('median_km', 'mean_abs_err', 'accuracy', 'valid_rate'):
+                if k in mm:
+                    col = f"{'' if key == 'eval' else 'heldout:'}{mm.get('task', name)}_{k}"
+                    row[col] = mm[k]; row[col + '_floor'] = (mm.get('floor') or {}).get(k)
+    if 'test' in m: row.update(test_loss=m['test'].get('loss'), test_perplexity=m['test'].get('perplexity'))
+    for t, v in (m.get('time_to_map') or {}).items():
+        row[f'{t}_minutes_to_map'] = round(v['minutes'], 2) if v['reached'] else None
+        row[f'{t}_best_probe_r2'] = v.get('r2') if v['reached'] else v['best_r2']
+    return row
+
+def load_runs(folder:str|Path='outputs/experiments')->pd.DataFrame: # a folder of experiments
+    "One row per finished experiment under `folder`."
+    folder = Path(folder)
+    if not folder.is_dir(): raise WMError(f"{folder} not found: give the folder holding the experiments (outputs/experiments)")
+    rows = [run_row(p) for p in sorted(folder.iterdir()) if (p/'metrics.json').exists()]
+    if not rows: raise WMError(f"{folder} holds no finished experiment (no <run>/metrics.json)")
+    return pd.DataFrame(rows).set_index('run')
+
+def plot_runs(folder_or_paths, # a folder of experiments, or a list of experiment folders
+              y:str='loss', # a logged value: loss, eval_loss, eval_<task>_<metric>, ...
+              x:str='step', # step, rows_seen or minutes
+              ax=None, logy:bool|None=None):
+    "The curve of `y` of each run on one axes; returns the figure."
+    import matplotlib.pyplot as plt
+    paths = [Path(p) for p in folder_or_paths] if isinstance(folder_or_paths, (list, tuple)) else \
+            [p for p in sorted(Path(folder_or_paths).iterdir()) if (p/'log_history.json').exists()]
+    if ax is None: _, ax = plt.subplots(figsize=(7, 4))
+    for p in paths:
+        h, m, c = pd.DataFrame(read_json(p/'log_history.json')), read_json(p/'metrics.json') if (p/'metrics.json').exists() else {}, load_config(p/'config.yaml')
+        if y not in h or h[y].notna().sum() == 0: continue
+        h = h[h[y].notna()]
+        bs = c.train.batch_size if c.data.task != 'arxiv' else c.train.batch_size*c.arxiv.window
+        xs = {'step': h.step, 'rows_seen': h.step*bs, 'minutes': h.step/max(m.get('global_step', 1), 1)*m.get('train_seconds', 0)/60}[x]
+        ax.plot(xs, h[y], '-' if y in ('loss',) else 'o-', ms=3, lw=1, label=p.name)
+    ax.set(xlabel=x.replace('_', ' '), ylabel=y.replace('_', ' '))
+    if logy or (logy is None and y.endswith(('_km', '_err'))): ax.set_yscale('log')
+    ax.legend(fontsize=8)
+    return ax.figure
