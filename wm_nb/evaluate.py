@@ -17,8 +17,8 @@ from .tasks import get_task, rows_of, error_summary, THRESHOLDS_KM
 from .trainer import load_model
 
 # %% auto #0
-__all__ = ['generate_completions', 'evaluate_rows', 'task_reference', 'walk_neighbour_positions', 'split_rows', 'describe_split',
-           'evaluate_split', 'format_metrics', 'plot_error_cdf', 'plot_error_map', 'plot_location_errors', 'trained_on',
+__all__ = ['generate_completions', 'evaluate_rows', 'task_reference', 'split_rows', 'describe_split', 'evaluate_split',
+           'format_metrics', 'plot_error_cdf', 'plot_error_map', 'plot_location_errors', 'trained_on',
            'checkpoint_dataset', 'crossed', 'eval_dir', 'evaluate_checkpoint', 'format_report', 'wm_eval']
 
 # %% ../nbs/10_evaluate.ipynb #947e1beb
@@ -67,7 +67,7 @@ def evaluate_rows(model, tok, # a causal LM and the wm_nb tokenizer
     comp = generate_completions(model, tok, task.eval_prompts(ids), batch_size, task.max_new_tokens(len(cities)), progress,
                                 sample=task.sampled, seed=seed)
     secs = time.perf_counter() - t
-    m, table = task.score(cities, ids, comp, reference) if task.kind != 'walk' else task.score(cities, ids, comp, seed=seed)
+    m, table = task.score(cities, ids, comp, reference, seed=seed)
     return dict(m, n=len(ids), seconds=secs), table
 
 def task_reference(task, cities:Cities, train_ids:np.ndarray, seed:int=0, n:int=100_000):
@@ -76,24 +76,6 @@ def task_reference(task, cities:Cities, train_ids:np.ndarray, seed:int=0, n:int=
     if task.kind == 'walk' or len(train_ids) == 0: return None
     pick = train_ids if len(train_ids) <= n else train_ids[np.sort(np.random.default_rng(seed).choice(len(train_ids), n, replace=False))]
     return task.answers(cities, pick)
-
-# %% ../nbs/10_evaluate.ipynb #4152a200
-def walk_neighbour_positions(walks:list, cities:Cities, idx, known)->tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Latitude, longitude of the mean known co-walker of each city in `idx` (given training walks), and whether it had any."
-    from scipy.sparse import csr_matrix
-    lens = np.fromiter(map(len, walks), np.int64, len(walks))
-    W = csr_matrix((np.ones(lens.sum(), np.float32), np.concatenate(walks) if len(walks) else np.empty(0, np.int64),
-                    np.r_[0, np.cumsum(lens)]), shape=(len(walks), len(cities)))
-    idx, known = np.asarray(idx), np.asarray(known)
-    is_known = np.zeros(len(cities), bool); is_known[known] = True
-    co = (W[:, idx].T @ W).tocsr()                       # |idx| x cities: walks shared
-    cla, clo = spherical_centroid(cities.lat[known], cities.lon[known])
-    la, lo, covered = np.full(len(idx), cla), np.full(len(idx), clo), np.zeros(len(idx), bool)
-    for k, c in enumerate(idx):
-        nb = co.indices[co.indptr[k]:co.indptr[k+1]]
-        nb = nb[is_known[nb] & (nb != c)]
-        if len(nb): la[k], lo[k] = spherical_centroid(cities.lat[nb], cities.lon[nb]); covered[k] = True
-    return la, lo, covered
 
 # %% ../nbs/10_evaluate.ipynb #a6dcdc01
 def split_rows(ds, task:str|None=None)->tuple[np.ndarray, np.ndarray]:
@@ -107,8 +89,9 @@ def split_rows(ds, task:str|None=None)->tuple[np.ndarray, np.ndarray]:
 def describe_split(man:dict, split:str, task:str)->str:
     "What the rows of `split` are for `task`: recall, unseen rows over known cities, held-out or new cities."
     if split == 'train': return 'recall (trained on)'
-    if split.startswith('heldout_'): return 'held-out cities (their coordinates never trained on)' if task == 'loc' else 'rows mentioning a held-out city, never trained on'
-    if split.startswith('new_'): return 'new cities' if task == 'loc' else 'rows mentioning a new city, never trained on'
+    one = get_task(task).k == (1, 1)
+    if split.startswith('heldout_'): return 'held-out cities (their coordinates never trained on)' if one else 'rows mentioning a held-out city, never trained on'
+    if split.startswith('new_'): return 'new cities' if one else 'rows mentioning a new city, never trained on'
     if task in man.get('validation_is_recall', []): return 'recall (known cities, trained on)'
     return 'rows over known cities, never trained on'
 
@@ -134,12 +117,9 @@ def evaluate_split(model, tok, dsd, man:dict, cities:Cities, # model, tokenizer,
         if baselines and task.kind == 'position' and ref is not None and len(ref) == 0: ref = None
         m, table = evaluate_rows(model, tok, task, cities, rows, ref, batch_size, seed, progress)
         if not baselines: m.pop('floor', None); m.pop('random_city', None)
-        if baselines and name == 'loc' and split.startswith('heldout') and 'walk' in train_tasks:
-            walks = [list(r[r >= 0]) for r in train_ids[train_tasks == 'walk']]
-            wla, wlo, cov = walk_neighbour_positions(walks, cities, rows[:, 0], np.unique(train_ids[train_tasks == 'loc'][:, 0]))
-            m['walk_neighbours'] = dict(error_summary(haversine_km(cities.lat[rows[:, 0]], cities.lon[rows[:, 0]], wla, wlo)),
-                                        rule='mean position of the known cities sharing a training walk', coverage=float(cov.mean()))
-            table['walk_nbr_lat'], table['walk_nbr_lon'] = wla, wlo
+        else:                                          # floors that use other tasks' rows (locations from walks)
+            extra, cols = task.context_floors(cities, rows, {t: train_ids[train_tasks == t] for t in set(train_tasks)})
+            m.update(extra); table = table.assign(**cols)
         metrics[name] = dict(m, split=split, scored=describe_split(man, split, name))
         tables[name] = table
     return metrics, tables
@@ -282,10 +262,10 @@ def evaluate_checkpoint(checkpoint:str|Path, # a model folder
     report = dict(checkpoint=str(checkpoint), dataset=str(dataset), split=split, crossed=cross, tasks=ms)
     for name, table in tables.items():
         with output_file(out/f"samples_{name}.csv") as tmp: table.to_csv(tmp, index=False)
-        if name == 'loc':
+        if get_task(name).kind == 'position':
             m = ms[name]
             save_fig(plot_location_errors(table, f"{checkpoint.name} on {dataset.name}/{split}: median {_f(m['median_km'], ',.0f')} km ({m['scored']})"), out/'error_map.png')
-        if name == 'walk':
+        if get_task(name).kind == 'walk':
             from wm_nb.maps import plot_walks
             from wm_nb.walks import parse_walk
             ok = [parse_walk(x, len(cities)) for x in table.loc[table.valid, 'text']]

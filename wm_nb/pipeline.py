@@ -12,6 +12,7 @@ from .cities import Cities, load_cities
 from .spatial import spatial_report, format_stats
 from .mixtures import load_spec, shipped_specs, single_task_spec, build_mixture, add_new_cities, make_manifest, save_dataset, load_dataset, FORMAT
 from .walks import plot_walk_lengths
+from .tasks import get_task
 from .tokenizer import save_tokenizer, load_tokenizer, check_roundtrip
 from .maps import plot_cities, plot_walks, save_fig
 
@@ -37,7 +38,7 @@ def dataset_name(spec:dict, # a normalised spec
     tasks = spec['tasks']
     if len(tasks) == 1 and spec['name'] in tasks and not spec['new_cities']:
         (task, e), = tasks.items()
-        head = f"srd{e['params']['threshold_km']}" if task == 'walk' else task
+        head = get_task(task, **e['params']).dataset_head()
         if spec['heldout']: head += f"h{spec['heldout']['n']}"
         return f"{head}_{tag}_{e['n']}_{spec['seed']}"
     return f"{spec['name']}_{tag}_{spec['seed']}"
@@ -96,7 +97,7 @@ def wm_dataset(task:Param("a task (loc, dist, angle, compass, triarea, perim, cr
     with cli_errors('wm_dataset'):
         if (task is None) == (spec is None): raise WMError("give a task (e.g. wm_dataset dist --n_train 1000) or --spec SPEC, not both")
         if task is not None:
-            params = dict(threshold_km=threshold_km, max_len=max_len) if task == 'walk' else {}
+            params = {k: v for k, v in dict(threshold_km=threshold_km, max_len=max_len).items() if k in get_task(task).params}   # walk options
             spec = single_task_spec(task, n_train, all, n_val, seed, n_heldout, **params)
         cities, tag = _cities_args(source, min_population, order_seed, keep_order, max_cities)
         path, man, _ = make_dataset(spec, cities, out, name, overwrite, tag=tag)

@@ -12,7 +12,8 @@ from fastcore.script import call_parse
 from .core import WMError, cli_errors, write_json, read_json, output_file, check_replaceable
 from .geo import unit_xyz, latlon_from_xyz, haversine_km
 from .cities import Cities
-from .tasks import get_task
+from .tasks import get_task, TASKS
+import wm_nb.walks                                      # registers the walk task (walk prompts are probed too)
 from .trainer import load_model, snapshots
 
 # %% auto #0
@@ -140,7 +141,7 @@ def probe_split(man:dict, n_cities:int, n_test:int=500, seed:int=0)->tuple[np.nd
     k = min(n_test, max(2, len(real)//5)) if len(real) < 2500 else n_test
     if not 2 <= k < len(real) - 10: raise WMError(f"--n_test must leave >= 10 fit cities and >= 2 test cities of {len(real)}, got {k}")
     perm = real[np.random.default_rng(seed).permutation(len(real))]
-    trained_loc = 'loc' in man.get('tasks', [])
+    trained_loc = any(get_task(t).kind == 'position' for t in man.get('tasks', []) if t in TASKS)
     return np.sort(perm[k:]), np.sort(perm[:k]), 'not in the probe fit' + ('; the model was trained on their locations' if trained_loc else '')
 
 # %% ../nbs/12_probe.ipynb #347059ea
@@ -230,8 +231,8 @@ def probe_model(checkpoint:str|Path, # a model folder
         s = dict(best_layer=best, r2=float(table.r2[best]), median_km=float(table.median_km[best]), untrained_r2=float(table.untrained_r2[best]),
                  shuffled_r2=float(table.shuffled_r2[best]), max_r2=float(table.r2.max()), layers=table.to_dict(orient='records'))
         per_city = probe_table_frame(cities, test, r['preds'][best])
-        if name == 'loc':
-            comp = generate_completions(model, tok, task.eval_prompts(test[:, None]), batch_size, 10)
+        if task.kind == 'position':                   # the model's own answer for the same cities, beside the probe's
+            comp = generate_completions(model, tok, task.eval_prompts(test[:, None]), batch_size, task.max_new_tokens(len(cities)))
             la, lo = task.parse(comp).T
             per_city = probe_table_frame(cities, test, r['preds'][best], la, lo)
             s['generated_median_km'] = float(np.nanmedian(per_city.gen_error_km)) if np.isfinite(per_city.gen_error_km).any() else None

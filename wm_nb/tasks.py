@@ -101,6 +101,12 @@ class Task:
     def probe_prefix(self, i:int)->str:
         "Prompt prefix ending with the token after city `i`'s id: the state a probe reads."
         return f"{self.name}(c_{int(i)}" + (')' if self.k[1] == 1 else ',')
+    def dataset_head(self)->str:
+        "How a one-task dataset of this task starts its folder name."
+        return self.name
+    def context_floors(self, cities:Cities, ids:np.ndarray, train:dict)->tuple[dict, dict]:
+        "Extra floors that use other tasks' training rows (`train`: task name -> ids): `({name: metrics}, {column: values})`."
+        return {}, {}
 
 # %% ../nbs/05_tasks.ipynb #ce2f466c
 def numeric_summary(true, pred, unit:str='')->dict:
@@ -121,7 +127,7 @@ def category_summary(true, pred, labels)->dict:
                 answer_share={l: float((true == i).mean()) for i, l in enumerate(labels)} if len(true) else {})
 
 # %% ../nbs/05_tasks.ipynb #96ab3b73
-def _score(self:Task, cities:Cities, ids:np.ndarray, completions:list[str], reference=None)->tuple[dict, pd.DataFrame]:
+def _score(self:Task, cities:Cities, ids:np.ndarray, completions:list[str], reference=None, seed:int=0)->tuple[dict, pd.DataFrame]:
     "Metrics (beside the floor) and a per-row table of generated `completions` for rows `ids`."
     true, pred = self.answers(cities, ids), self.parse(completions)
     table = pd.DataFrame(dict(cities=[list(r[r >= 0]) for r in np.asarray(ids)], completion=list(completions), true=true, pred=pred))
@@ -193,7 +199,7 @@ class LocTask(Task):
         return pc.binary_join_element_wise(a.take(pa.array(np.arange(0, len(a), 2))), a.take(pa.array(np.arange(1, len(a), 2))), ',')
     def parse(self, texts): return np.stack(parse_xy(texts), 1)
     def max_new_tokens(self, n_cities:int)->int: return 10
-    def score(self, cities, ids, completions, reference=None):
+    def score(self, cities, ids, completions, reference=None, seed:int=0):
         "Great-circle km errors beside the centroid and random-city floors (`reference`: training city ids)."
         i = np.asarray(ids)[:, 0]
         la, lo = parse_xy(completions)

@@ -74,7 +74,7 @@ def data_spec(cfg:ExperimentConfig)->dict: # the resolved config
     "The dataset spec of an experiment: its mixture, or the one-task spec of its `data` options."
     d = cfg.data
     if d.mixture is not None: return load_spec(d.mixture)
-    params = dict(threshold_km=d.threshold_km, max_len=d.max_len) if d.task == 'walk' else {}
+    params = {k: v for k, v in dict(threshold_km=d.threshold_km, max_len=d.max_len).items() if k in get_task(d.task).params}   # walk options
     return single_task_spec(d.task, d.n_train, d.all, d.n_val, d.seed, d.n_heldout, **params)
 
 def resolve_data(cfg:ExperimentConfig): # the resolved config
@@ -128,7 +128,7 @@ def gen_eval_fn(cfg, tok, dsd, man, cities):
     return f
 
 # %% ../nbs/11_train.ipynb #1f9cb003
-def _example(task:str, dsd)->tuple[str, str]:
+def _example(task:str, dsd, man:dict)->tuple[str, str]:
     "A prompt and its true completion of `task`: the first row of it in the dataset."
     for split in ('validation', 'train'):
         if split not in dsd: continue
@@ -136,15 +136,16 @@ def _example(task:str, dsd)->tuple[str, str]:
         k = next((i for i, v in enumerate(tasks.to_pylist()) if v == task), None)
         if k is not None:
             r = dsd[split][k]
-            return (r['prompt'] + r['completion'].split(',')[0] + ',', '(a sampled walk)') if task == 'walk' else (r['prompt'], r['completion'])
+            t = get_task(task, **man['spec']['tasks'][task]['params'])
+            return (t.eval_prompts(np.array([r['cities'][:1]]))[0], '(a sampled walk)') if t.sampled else (r['prompt'], r['completion'])
     return '', ''
 
 def model_card(cfg:ExperimentConfig, man:dict, dsd, cities, metrics:dict, params:int)->str:
     "The model card of `final/` as markdown (with the Hugging Face metadata header)."
     from huggingface_hub import ModelCard, ModelCardData
     tasks = man['spec']['tasks']
-    rows = '\n'.join(f"| `{t}` | {e['n']} | `{_example(t, dsd)[0]}` | `{_example(t, dsd)[1]}` |" for t, e in tasks.items())
-    p, c = _example(next(iter(tasks)), dsd)
+    rows = '\n'.join(f"| `{t}` | {e['n']} | `{_example(t, dsd, man)[0]}` | `{_example(t, dsd, man)[1]}` |" for t, e in tasks.items())
+    p, c = _example(next(iter(tasks)), dsd, man)
     lines = []
     for key, what in [('eval', None), ('eval_heldout', None), ('eval_train_cities', None)]:
         for task, m in (metrics.get(key) or {}).items():
@@ -269,21 +270,23 @@ def finish(cfg, trainer, out, secs, exp, tok, dsd, man, cities, data_path, param
     metrics['eval'], tables = ev(split)
     held = [s for s in dsd if s.startswith(('heldout_', 'new_'))]
     metrics['eval_heldout'] = {}
+    pos = [t for t in man['tasks'] if get_task(t).kind == 'position']      # tasks about one city's position (loc)
     for s in held:
         m, tab = ev(s)
         for task, mm in m.items(): metrics['eval_heldout'][f"{s}"] = mm
-        if 'loc' in tab: tables[f"{s}_loc"] = tab['loc']
-    if 'loc' in man['tasks'] and split != 'train':
+        for t in pos:
+            if t in tab: tables[f"{s}_{t}"] = tab[t]
+    if pos and split != 'train':                                          # recall of every training city, drawn on the map
         metrics['eval_train_cities'], tt = ev('train')
-        tables['train_loc'] = tt['loc']
+        for t in pos: tables[f'train_{t}'] = tt[t]
     written = []
     for k, table in tables.items():
         with output_file(exp/f"eval_samples_{k}.csv") as tmp: table.to_csv(tmp, index=False)
         written.append(f"eval_samples_{k}.csv")
-    loc_key = next((k for k in ('heldout_loc_loc', 'train_loc', 'loc') if k in tables), None)
-    if loc_key:
-        what = {'heldout_loc_loc': 'held-out cities', 'train_loc': 'training cities (recall)', 'loc': split}[loc_key]
-        save_fig(plot_location_errors(tables[loc_key], f"{cfg.name}: {what}"), exp/'error_map.png'); written.append('error_map.png')
+    keys = [(f"heldout_{t}_{t}", 'held-out cities') for t in pos] + [(f"train_{t}", 'training cities (recall)') for t in pos] + [(t, split) for t in pos]
+    key = next(((k, w) for k, w in keys if k in tables), None)
+    if key:
+        save_fig(plot_location_errors(tables[key[0]], f"{cfg.name}: {key[1]}"), exp/'error_map.png'); written.append('error_map.png')
     floors = {f"eval_{t}_{HEADLINE[get_task(t).kind]}": (m.get('floor') or {}).get(HEADLINE[get_task(t).kind]) for t, m in metrics['eval'].items()}
     save_fig(plot_curves(hist, floors, cfg.name), exp/'curves.png'); written.append('curves.png')
     with atomic_dir(exp/'final', overwrite=True) as f:

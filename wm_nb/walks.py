@@ -15,11 +15,13 @@ from .core import WMError
 from .geo import haversine_km, chord_for_km
 from .cities import Cities, load_cities
 from .spatial import neighbour_pairs
-from .tasks import Task, register, get_task, joined_ids, task_columns, rows_of, row_lengths
+from .tasks import Task, LocTask, register, get_task, joined_ids, task_columns, rows_of, row_lengths, error_summary
+from .geo import spherical_centroid
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['WALK', 'NeighbourGraph', 'neighbour_graph', 'random_walks', 'check_walks', 'random_walks_reference', 'walk_prompt',
-           'parse_walk', 'walk_stats', 'WalkTask', 'plot_walk_lengths']
+           'parse_walk', 'walk_stats', 'WalkTask', 'walk_neighbour_positions', 'plot_walk_lengths']
 
 # %% ../nbs/06_walks.ipynb #d501e795
 @dataclass
@@ -200,6 +202,7 @@ class WalkTask(Task):
     sampled = True
     def max_new_tokens(self, n_cities:int)->int: return (self.max_len - 1)*(len(str(n_cities)) + 3) + 1
     def probe_prefix(self, i:int)->str: return f"{walk_prompt(self.threshold_km)}c_{int(i)},"
+    def dataset_head(self)->str: return f"srd{self.threshold_km}"
     def score(self, cities, ids, completions, reference=None, seed:int=0):
         "Validity of walks continued from each row's start city, beside walks whose next cities are uniformly random."
         rng = np.random.default_rng(seed)
@@ -215,6 +218,38 @@ class WalkTask(Task):
         return m, table
 
 WALK = register(WalkTask())
+
+# %% ../nbs/06_walks.ipynb #4f74ca60
+def walk_neighbour_positions(walks:list, cities:Cities, idx, known)->tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Latitude, longitude of the mean known co-walker of each city in `idx` (given training walks), and whether it had any."
+    from scipy.sparse import csr_matrix
+    lens = np.fromiter(map(len, walks), np.int64, len(walks))
+    W = csr_matrix((np.ones(lens.sum(), np.float32), np.concatenate(walks) if len(walks) else np.empty(0, np.int64),
+                    np.r_[0, np.cumsum(lens)]), shape=(len(walks), len(cities)))
+    idx, known = np.asarray(idx), np.asarray(known)
+    is_known = np.zeros(len(cities), bool); is_known[known] = True
+    co = (W[:, idx].T @ W).tocsr()                       # |idx| x cities: walks shared
+    cla, clo = spherical_centroid(cities.lat[known], cities.lon[known])
+    la, lo, covered = np.full(len(idx), cla), np.full(len(idx), clo), np.zeros(len(idx), bool)
+    for k, c in enumerate(idx):
+        nb = co.indices[co.indptr[k]:co.indptr[k+1]]
+        nb = nb[is_known[nb] & (nb != c)]
+        if len(nb): la[k], lo[k] = spherical_centroid(cities.lat[nb], cities.lon[nb]); covered[k] = True
+    return la, lo, covered
+
+# %% ../nbs/06_walks.ipynb #424fd285
+@patch
+def context_floors(self:LocTask, cities:Cities, # the city table
+                   ids:np.ndarray, # the evaluated `loc` rows
+                   train:dict)->tuple[dict, dict]: # task name -> training rows' ids
+    "With walks in training: the walk-neighbour floor of the evaluated cities (and its coverage)."
+    if 'walk' not in train or not len(train['walk']): return {}, {}
+    walks = [list(r[r >= 0]) for r in train['walk']]
+    known = np.unique(train['loc'][:, 0]) if 'loc' in train and len(train['loc']) else np.arange(len(cities))
+    la, lo, cov = walk_neighbour_positions(walks, cities, ids[:, 0], known)
+    m = dict(error_summary(haversine_km(cities.lat[ids[:, 0]], cities.lon[ids[:, 0]], la, lo)),
+             rule='mean position of the known cities sharing a training walk', coverage=float(cov.mean()))
+    return {'walk_neighbours': m}, dict(walk_nbr_lat=la, walk_nbr_lon=lo)
 
 # %% ../nbs/06_walks.ipynb #09062941
 def plot_walk_lengths(lengths:np.ndarray, max_len:int=32, ax=None):
