@@ -180,3 +180,13 @@ def test_save_keeps_to_the_safe_write_rule(table, tmp_path):
     p.write_text(p.read_text(encoding='utf-8') + '<!-- edited -->', encoding='utf-8')
     with pytest.raises(WMError, match='was changed since wm_nb wrote it'): save_interactive_map(small, p)
     assert p.read_text(encoding='utf-8').endswith('<!-- edited -->')
+
+
+def test_every_parameter_has_a_docment():
+    import inspect
+    from fastcore.docments import docments
+    from wm_nb import interactive
+    fns = [getattr(interactive, n) for n in interactive.__all__ if inspect.isfunction(getattr(interactive, n))]
+    fns += [interactive.InteractiveMap.__init__, interactive.InteractiveMap.to_html]
+    missing = [f"{f.__qualname__}({p})" for f in fns for p, d in docments(f).items() if p not in ('self', 'return') and not d]
+    assert not missing, f"parameters without a docment: {missing}"
