@@ -190,3 +190,12 @@ def test_every_parameter_has_a_docment():
     fns += [interactive.InteractiveMap.__init__, interactive.InteractiveMap.to_html]
     missing = [f"{f.__qualname__}({p})" for f in fns for p, d in docments(f).items() if p not in ('self', 'return') and not d]
     assert not missing, f"parameters without a docment: {missing}"
+
+
+def test_a_table_where_nothing_parsed_is_drawn_grey_with_what_was_written(table):
+    t = table.iloc[:5].assign(pred_lat=np.nan, pred_lon=np.nan, error_km=np.nan, completion=['x', '', '12,', '9999,9999', 'loc'])
+    m = interactive_error_map(t)
+    assert m.title == 'location errors (0 of 5 cities answered)'
+    d = city_data(m.to_html(full=False))
+    assert list(d['error']) == ['n/a']*5
+    assert sorted(d['prediction']) == sorted(["none (wrote 'x')", "none (wrote '')", "none (wrote '12,')", "none (wrote '9999,9999')", "none (wrote 'loc')"])
