@@ -8,7 +8,8 @@ tests/outputs/docs_screenshots/.
 
 The interactive error map (nbs/10a_interactive.ipynb) is checked on its page: BokehJS came inline (every request the
 page made went to this server), the map holds every city of the notebook's table and is drawn, and a real mouse moved
-over an isolated city brings up a tooltip with that city's name, position and error as computed here from the table."""
+over an isolated city brings up a tooltip with that city's name, position and error as computed here from the table
+(screenshot: tests/outputs/interactive_map_hover.png)."""
 from __future__ import annotations
 import base64, functools, http.server, os, re, shutil, sys, threading, time, urllib.error, urllib.request
 from pathlib import Path
