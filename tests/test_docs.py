@@ -4,7 +4,12 @@ it, and a real headless Chromium (the system's `chromium` + `chromedriver`, noth
 Fails on a browser console error, a broken internal link or anchor, an image that did not load; checks the index shows
 the Quickstart with the README's install line, the spatial-analysis page shows its histogram and its world map, every
 notebook has a page linked from the index, and search finds a page. A screenshot of each page goes to
-tests/outputs/docs_screenshots/."""
+tests/outputs/docs_screenshots/.
+
+The interactive error map (nbs/10a_interactive.ipynb) is checked on its page: BokehJS came inline (every request the
+page made went to this server), the map holds every city of the notebook's table and is drawn, and a real mouse moved
+over an isolated city brings up a tooltip with that city's name, position and error as computed here from the table
+(screenshot: tests/outputs/interactive_map_hover.png)."""
 from __future__ import annotations
 import base64, functools, http.server, os, re, shutil, sys, threading, time, urllib.error, urllib.request
 from pathlib import Path
@@ -210,3 +215,106 @@ def test_docs_site_in_chromium(built, server, browser):
     assert sorted(p.name for p in SHOTS.glob('*.png')) == sorted(f'{p[:-5]}.png' for p in html_pages)
     print(f"built {len(pages)} notebook pages in {build_s:.1f} s; read {len(html_pages)} pages and checked "
           f"{len(links)} internal links in {time.time() - t:.1f} s; screenshots in {SHOTS}")
+
+
+# The interactive map (wm_nb.interactive, Bokeh): the city markers' renderer is named 'cities'; BokehJS draws on a canvas
+# inside shadow DOM, so its state is read through the `Bokeh` global and the page's own elements.
+MAP_STATE = """
+if (typeof Bokeh === 'undefined' || !Bokeh.documents || !Bokeh.documents.length) return null;
+const doc = Bokeh.documents[0], r = doc.get_model_by_name('cities');
+const root = (Bokeh.index.roots || [])[0];
+if (!r || !root || !(root.has_finished ? root.has_finished() : true)) return null;
+const rv = root.renderer_views.get(r), cv = root.canvas_view, c = cv.primary.canvas, rect = c.getBoundingClientRect();
+const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, colours = new Set();
+for (let i = 0; i < px.length; i += 4*97) colours.add((px[i] << 16) | (px[i+1] << 8) | px[i+2]);
+return {n_docs: Bokeh.documents.length, n_roots: document.querySelectorAll('[data-root-id]').length,
+        n_points: r.data_source.get_length(), n_drawn: Array.from(rv.glyph.sx).filter(Number.isFinite).length,
+        cities: Array.from(r.data_source.data.city || []), w: rect.width, h: rect.height, colours: colours.size};"""
+
+REQUESTS = """
+return {requests: performance.getEntriesByType('resource').map(e => e.name),
+        loads: Array.from(document.querySelectorAll('script[src], link[href][rel~="stylesheet"], link[href][rel~="preload"], '
+                                                    + 'link[href][rel~="modulepreload"], link[href][rel~="icon"]')).map(e => e.src || e.href)};"""
+
+# Screen position (viewport px) of city `arguments[0]`'s marker, after scrolling the map into the middle of the window.
+CITY_POSITION = """
+const r = Bokeh.documents[0].get_model_by_name('cities'), root = Bokeh.index.roots[0];
+const k = Array.from(r.data_source.data.city).indexOf(arguments[0]);
+if (k < 0) return null;
+const c = root.canvas_view.el;
+c.scrollIntoView({block: 'center', behavior: 'instant'});
+const rect = c.getBoundingClientRect(), g = root.renderer_views.get(r).glyph;
+return {x: rect.left + g.sx[k], y: rect.top + g.sy[k], inside: rect.top >= 0 && rect.bottom <= innerHeight};"""
+
+# Text of every tooltip Bokeh shows now (tooltips live in shadow roots).
+TOOLTIPS = """
+const found = [];
+(function walk(node) {
+  for (const el of node.querySelectorAll('*')) {
+    if (el.classList && el.classList.contains('bk-tooltip-content') && el.getClientRects().length) found.push(el.innerText);
+    if (el.shadowRoot) walk(el.shadowRoot);
+  }
+})(document);
+return found.length ? found : null;"""
+
+
+def samples_csv() -> Path:
+    "The table nbs/10a_interactive.ipynb shows: the path its `SAMPLES_CSV = Path('...')` line names, relative to nbs/."
+    import json
+    cells = json.loads((ROOT/'nbs'/'10a_interactive.ipynb').read_text())['cells']
+    m = re.search(r"^SAMPLES_CSV\s*=\s*Path\(['\"]([^'\"]+)['\"]\)", '\n'.join(''.join(c['source']) for c in cells), flags=re.M)
+    assert m, "nbs/10a_interactive.ipynb has no `SAMPLES_CSV = Path('...')` line"
+    return ROOT/'nbs'/m[1]
+
+
+def isolated_city(table):
+    "The answered city farthest (in degrees on the map) from any other city: its marker is the only one under the mouse."
+    import numpy as np
+    from scipy.spatial import cKDTree
+    xy = table[['lon', 'lat']].to_numpy(float)
+    gap = cKDTree(xy).query(xy, 2)[0][:, 1]
+    return table.iloc[int(np.argmax(np.where(np.isfinite(table.error_km.to_numpy(float)), gap, -1)))]
+
+
+def test_interactive_map_in_chromium(built, server, browser):
+    import pandas as pd
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    site, pages, _ = built
+    page = dict(pages)['10a_interactive.ipynb'] + '.html'
+    table = pd.read_csv(samples_csv())
+    browser.get_log('browser')
+    st = load(browser, server + page)
+    assert st['ready'], f"{page} did not finish loading"
+    m = wait_for(browser, MAP_STATE, timeout=20) or {}
+
+    # BokehJS came with the page: nothing was requested from anywhere but this server
+    sent = browser.execute_script(REQUESTS)
+    off = [u for u in sent['requests'] + sent['loads'] if not u.startswith((server, 'data:', 'blob:'))]
+    assert not off, f"{page} asks for {off}: everything must come from the page or this server"
+    assert m, f"{page}: no Bokeh map was drawn (BokehJS missing, or no renderer named 'cities')"
+
+    # one map, every city of the table, drawn
+    assert (m['n_docs'], m['n_roots']) == (1, 1), m
+    assert m['n_points'] == m['n_drawn'] == len(table), (m['n_points'], m['n_drawn'], len(table))
+    assert sorted(m['cities']) == sorted(table.city.tolist())
+    assert m['w'] >= 400 and m['h'] >= 200 and m['w'] > 1.3*m['h'], f"{page}: the map is not shown at a world map's shape: {m['w']}x{m['h']}"
+    assert m['colours'] >= 20, f"{page}: the map's canvas is nearly blank ({m['colours']} colours)"
+
+    # a real mouse over an isolated city shows its values, as computed here from the table
+    city = isolated_city(table)
+    browser.execute_script(CITY_POSITION, int(city.city)); time.sleep(0.3)      # scroll there, let the layout settle
+    pos = browser.execute_script(CITY_POSITION, int(city.city))
+    assert pos and pos['inside'], f"{page}: cannot place city {city['name']} on the screen: {pos}"
+    ab = ActionBuilder(browser); ab.pointer_action.move_to_location(int(round(pos['x'])), int(round(pos['y']))); ab.perform()
+    tips = wait_for(browser, TOOLTIPS, timeout=5)
+    SHOTS.parent.mkdir(parents=True, exist_ok=True); browser.save_screenshot(str(SHOTS.parent/'interactive_map_hover.png'))
+    assert tips, f"{page}: hovering {city['name']} at {pos} shows no tooltip"
+    assert len(tips) == 1, f"{page}: hovering {city['name']} shows {len(tips)} tooltips: {tips}"
+    text = ' '.join(tips[0].split())
+    for want in [f"city: {city['name']} (c_{int(city.city)})", f"truth: {city.lat:.2f}, {city.lon:.2f}",
+                 f"prediction: {city.pred_lat:.2f}, {city.pred_lon:.2f}", f"error: {city.error_km:,.1f} km",
+                 f"centroid floor: {city.centroid_error_km:,.0f} km"]:
+        assert want in text, f"{page}: the tooltip of {city['name']} does not show {want!r}: {text!r}"
+
+    errors = [e['message'] for e in browser.get_log('browser') if e['level'] == 'SEVERE']
+    assert not errors, f"{page}: console errors: {errors}"
