@@ -61,6 +61,16 @@ class Experiment:
         self.model
         return self._model[1]
 
+def _map(self:Experiment, which:str|None=None): # a samples table name (default: held-out, else training cities)
+    "The interactive map of the run's location answers (hover a city for its truth, answer and error)."
+    from wm_nb.interactive import interactive_error_map
+    s = self.samples
+    name = which or next((k for k in s if k.startswith('heldout_') and 'lat' in s[k]), None) or next((k for k in s if k.startswith('train_') and 'lat' in s[k]), None)
+    if name is None or 'lat' not in s.get(name, {}): raise WMError(f"{self.name} has no location answers to draw (tables: {', '.join(s) or 'none'})")
+    return interactive_error_map(s[name], f"{self.name}: {name.replace('_', ' ')}")
+
+Experiment.map = _map
+
 def load_experiment(path:str|Path)->Experiment: # an experiment folder (or its final/)
     "Open a run: `load_experiment('outputs/experiments/default')`."
     return Experiment(path)

@@ -17,6 +17,7 @@ from .tokenizer import save_tokenizer, load_tokenizer, VOCAB, check_text
 from .trainer import (build_model, n_params, plan_steps, setup_tracking, tracking_callbacks, snapshot_callback, make_trainer_class,
                            plot_curves, checkpoints, experiment_dirs, training_args, step_counter)
 from .evaluate import evaluate_split, format_metrics, plot_location_errors, split_rows
+from .interactive import save_interactive_map
 
 # %% auto #0
 __all__ = ['HEADLINE', 'WORST', 'encode_texts', 'tokenize_dataset', 'AnswerOnlyCollator', 'data_spec', 'resolve_data',
@@ -287,6 +288,7 @@ def finish(cfg, trainer, out, secs, exp, tok, dsd, man, cities, data_path, param
     key = next(((k, w) for k, w in keys if k in tables), None)
     if key:
         save_fig(plot_location_errors(tables[key[0]], f"{cfg.name}: {key[1]}"), exp/'error_map.png'); written.append('error_map.png')
+        save_interactive_map(tables[key[0]], exp/'error_map.html', f"{cfg.name}: {key[1]}"); written.append('error_map.html')
     floors = {f"eval_{t}_{HEADLINE[get_task(t).kind]}": (m.get('floor') or {}).get(HEADLINE[get_task(t).kind]) for t, m in metrics['eval'].items()}
     save_fig(plot_curves(hist, floors, cfg.name), exp/'curves.png'); written.append('curves.png')
     with atomic_dir(exp/'final', overwrite=True) as f:
