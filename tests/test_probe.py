@@ -230,3 +230,31 @@ def test_probe_bad_inputs(mix, tmp_path):
     assert "--tasks dist: the dataset has no dist rows" in one_error_line(run('wm_probe', exp/'final', '--tasks', 'dist', cwd=tmp_path), 'wm_probe')
     assert 'heldout.n must be between 1 and' in one_error_line(run('wm_dataset', 'loc', '--all', '--n_heldout', '7000', '--out', tmp_path/'m', cwd=tmp_path), 'wm_dataset')
     assert not (tmp_path/'m').exists()
+
+
+def test_new_cities_fine_tune_then_probe_with_the_probe_of_before(tmp_path):
+    "Pre-train without the new cities, fine-tune from that model on rows that mention them, and probe the new cities with the probe fitted before."
+    spec = "seed: 5\nnew_cities: {n: 20, lat: 35.0, lon: -35.0, sd_km: 300, seed: 1}\ntasks:\n  dist: {n: 3000, val: 100, new_rows: 50}\n"
+    (tmp_path/'pre.yaml').write_text(spec)
+    (tmp_path/'ft.yaml').write_text(spec + "phase: finetune\nreplay: {fraction: 0.2}\n")
+    for s in ('pre', 'ft'):
+        r = run('wm_dataset', '--spec', f'{s}.yaml', '--max_cities', '200', '--out', 'ds', cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+    common = ['--model.max_position_embeddings', '64', '--train.epochs', '1', '--train.eval_every', '0.5', '--train.save_every', '0.5']
+    r = run('wm_train', 'dist_baby', '--name', 'pre', '--data.dataset', 'ds/pre_100kplus_first200_5', *common, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    pre = tmp_path/'outputs/experiments/pre/final'
+    r = run('wm_train', 'dist_baby', '--name', 'ft', '--data.dataset', 'ds/ft_100kplus_first200_5', '--train.init_from', pre, '--train.lr', '1e-3', *common, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path/'outputs/experiments/ft/metrics.json').read_text())
+    assert 'dist' in m['eval'] and 'new_dist' in m['eval_heldout']                       # old cities and new cities, per task
+    assert m['eval_heldout']['new_dist']['scored'] == 'rows mentioning a new city, never trained on'
+    r = run('wm_probe', tmp_path/'outputs/experiments/ft/final', '--probe_from', pre, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'new cities: R²' in r.stdout
+    out = tmp_path/'outputs/experiments/ft/probe/final_ft_100kplus_first200_5'
+    s = json.loads((out/'probe.json').read_text())
+    assert s['probe_from'] == str(pre) and {'new_r2', 'new_median_km', 'new_centre_lat'} <= set(s['tasks']['dist'])
+    assert (out/'probe_new_cities_dist.png').stat().st_size > 10_000
+    per_city = pd.read_csv(out/'probe_cities_dist.csv')
+    assert (per_city.kind == 'new').sum() == 20 and set(per_city[per_city.kind == 'new'].city) == set(range(200, 220))

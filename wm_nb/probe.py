@@ -19,8 +19,9 @@ from .trainer import load_model, snapshots
 # %% auto #0
 __all__ = ['POSITIONS', 'MAP_R2', 'probe_prompts', 'hidden_states', 'check_disjoint', 'probe_layers', 'untrained_like',
            'city_states', 'run_probe', 'probe_split', 'plot_probe_layers', 'probe_table_frame',
-           'plot_truth_probe_generated', 'probe_dir', 'probe_model', 'format_probe', 'probe_experiment', 'time_to_map',
-           'plot_probe_over_training', 'multilaterate', 'multilateration_floor', 'wm_probe']
+           'plot_truth_probe_generated', 'plot_new_cities', 'probe_dir', 'probe_model', 'format_probe',
+           'probe_experiment', 'time_to_map', 'plot_probe_over_training', 'multilaterate', 'multilateration_floor',
+           'wm_probe']
 
 # %% ../nbs/12_probe.ipynb #cc634aaa
 POSITIONS = ('after', 'concat', 'digit')
@@ -187,6 +188,22 @@ def plot_truth_probe_generated(table:pd.DataFrame, title:str|None=None, max_citi
     ax.legend(loc='lower left', fontsize=8)
     return fig, ax
 
+# %% ../nbs/12_probe.ipynb #decc5fb3
+def plot_new_cities(table:pd.DataFrame, # per-city rows of the new cities: lat, lon, pred_lat, pred_lon
+                    title:str='', pad_deg:float=8.0): # title; margin around the points in degrees
+    "Truth (black) and probe reading (blue) of new cities, joined, on a regional map; returns `(fig, ax)`."
+    import cartopy.crs as ccrs, matplotlib.pyplot as plt
+    from wm_nb.maps import land_feature
+    fig = plt.figure(figsize=(7, 5)); ax = fig.add_subplot(1, 1, 1, projection=ccrs.PlateCarree())
+    la, lo = np.r_[table.lat, table.pred_lat], np.r_[table.lon, table.pred_lon]
+    ax.set_extent([max(lo.min() - pad_deg, -180), min(lo.max() + pad_deg, 180), max(la.min() - pad_deg, -90), min(la.max() + pad_deg, 90)], ccrs.PlateCarree())
+    ax.add_feature(land_feature(), facecolor='#ecebe6', edgecolor='#9a9a9a', linewidth=0.5, zorder=0)
+    for r in table.itertuples(): ax.plot([r.lon, r.pred_lon], [r.lat, r.pred_lat], color='tab:blue', lw=0.5, alpha=0.5, transform=ccrs.Geodetic())
+    ax.scatter(table.lon, table.lat, s=8, color='k', label='true position', transform=ccrs.PlateCarree(), zorder=3)
+    ax.scatter(table.pred_lon, table.pred_lat, s=8, color='tab:blue', marker='x', label='probe reading', transform=ccrs.PlateCarree(), zorder=3)
+    ax.set_title(title or f"{len(table)} new cities"); ax.legend(loc='lower left', fontsize=8)
+    return fig, ax
+
 # %% ../nbs/12_probe.ipynb #86d27348
 def probe_dir(checkpoint:Path, dataset:Path)->Path:
     "Default output folder of a probe: `<experiment>/probe/<checkpoint>_<dataset>`."
@@ -218,7 +235,7 @@ def probe_model(checkpoint:str|Path, # a model folder
     new = np.asarray(man.get('new_cities', []), np.int64)
     src = load_model(probe_from)[0] if probe_from else None
     out = Path(out) if out else probe_dir(checkpoint, dataset)
-    for f in ['probe_layers.csv', 'probe.json', 'probe_vs_generated.png', *(f"{k}_{t}.{e}" for t in tasks for k, e in [('probe_cities', 'csv'), ('probe_layers', 'png'), ('probe_map', 'png')])]:
+    for f in ['probe_layers.csv', 'probe.json', 'probe_vs_generated.png', *(f"{k}_{t}.{e}" for t in tasks for k, e in [('probe_cities', 'csv'), ('probe_layers', 'png'), ('probe_map', 'png'), ('probe_new_cities', 'png')])]:
         check_replaceable(out/f)                                  # all of them before anything is computed
     tables, summary = [], dict(checkpoint=str(checkpoint), dataset=str(dataset), position=position, n_fit=int(len(fit)), n_test=int(len(test)),
                               test_cities=what, seed=seed, crossed=cross, probe_from=str(probe_from) if probe_from else None, tasks={})
@@ -245,6 +262,8 @@ def probe_model(checkpoint:str|Path, # a model folder
                      new_centre_lat=float(latlon_from_xyz(pn.mean(0))[0]), new_centre_lon=float(latlon_from_xyz(pn.mean(0))[1]))
             per_city = pd.concat([per_city.assign(kind='test'), probe_table_frame(cities, new, pn).assign(kind='new')], ignore_index=True)
         with output_file(out/f"probe_cities_{name}.csv") as tmp: per_city.to_csv(tmp, index=False)
+        if len(new): save_fig(plot_new_cities(per_city[per_city.kind == 'new'], f"{name} prompt, layer {best}: {len(new)} new cities, median {s['new_median_km']:,.0f} km")[0],
+                              out/f"probe_new_cities_{name}.png")
         save_fig(plot_probe_layers(table, f"{checkpoint.name}: {name} prompt, {len(test):,} test cities"), out/f"probe_layers_{name}.png")
         save_fig(plot_error_map(per_city, f"probe of {name} states at layer {best}: truth -> prediction, median {table.median_km[best]:,.0f} km")[0], out/f"probe_map_{name}.png")
         if 'gen_lat' in per_city: save_fig(plot_truth_probe_generated(per_city)[0], out/'probe_vs_generated.png')
