@@ -50,7 +50,8 @@ def _hash(path:Path)->str:
     return h.hexdigest()[:16]
 
 # %% ../nbs/00_core.ipynb #5c3637a4
-def read_ledger(folder:str|Path)->dict|None: # a folder that may hold a `.wm_nb.json`
+def read_ledger(folder:str|Path # a folder that may hold a `.wm_nb.json`
+               )->dict|None:
     "The ledger of `folder` (`{'files': {name: hash}, 'dirs': [names]}`), or None if wm_nb never wrote there."
     p = Path(folder)/MARKER
     if not p.is_file(): return None
@@ -85,7 +86,8 @@ def mark_dir(folder:str|Path): # a folder whose every entry wm_nb wrote
     _write_ledger(folder, led)
 
 # %% ../nbs/00_core.ipynb #31cebc8a
-def make_dirs(folder:str|Path)->Path: # a folder to create (with any missing parents)
+def make_dirs(folder:str|Path # a folder to create (with any missing parents)
+             )->Path:
     "Create `folder` and its missing parents; the ones created are wm_nb's (ledgered, and recorded in their parent's ledger)."
     folder = Path(folder)
     missing = [p for p in [folder, *folder.parents] if not p.exists()][::-1]
