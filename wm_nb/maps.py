@@ -21,6 +21,7 @@ def shapes_dir()->Path:
     import wm_nb
     return Path(wm_nb.__file__).parent/'data'
 
+# %% ../nbs/03_maps.ipynb #1d1abdf5
 def use_vendored_shapes():
     "Point cartopy at the vendored Natural Earth shapes so that no map triggers a download."
     cartopy.config['pre_existing_data_dir'] = str(shapes_dir())
@@ -37,7 +38,11 @@ def land_feature()->cfeature.ShapelyFeature:
         _LAND = cfeature.ShapelyFeature(list(shapereader.Reader(shp).geometries()), ccrs.PlateCarree())
     return _LAND
 
-def world_map(ax=None, figsize=(11, 5.5), title:str|None=None, projection=None):
+# %% ../nbs/03_maps.ipynb #9e498bf4
+def world_map(ax=None, # a cartopy GeoAxes to draw on (default: a new figure)
+              figsize=(11, 5.5), # size of the new figure, inches
+              title:str|None=None, # the axes' title
+              projection=None): # cartopy projection of the new axes (default: Robinson)
     "A global map with land and coastlines; returns `(fig, ax)`."
     if ax is None:
         fig = plt.figure(figsize=figsize)
@@ -52,7 +57,11 @@ def world_map(ax=None, figsize=(11, 5.5), title:str|None=None, projection=None):
 def plot_cities(cities, # a `Cities` table
                 values=None, # colour by these values (default: population)
                 label:str='population', # colour-bar label
-                ax=None, title:str|None=None, log:bool=True, cmap='viridis', s=None):
+                ax=None, # a cartopy GeoAxes to draw on (default: a new world map)
+                title:str|None=None, # the title (default: the number of cities)
+                log:bool=True, # colour on a log scale (values <= 0 drawn as 1)
+                cmap='viridis', # matplotlib colour map
+                s=None): # dot size(s) (default: by population)
     "Scatter the cities on a world map, sized by population and coloured by `values`; returns `(fig, ax)`."
     from matplotlib.colors import LogNorm, Normalize
     fig, ax = world_map(ax=ax, title=title or f"{len(cities):,} cities")
@@ -66,9 +75,11 @@ def plot_cities(cities, # a `Cities` table
     fig.colorbar(sc, ax=ax, shrink=0.7, pad=0.02, label=label)
     return fig, ax
 
+# %% ../nbs/03_maps.ipynb #b7e04d6a
 def save_fig(fig, # a matplotlib figure
              path:str|Path, # PNG file to write (a file wm_nb wrote, or a new one)
-             dpi=120)->Path: # resolution
+             dpi=120, # resolution
+            )->Path:
     "Save a figure as PNG through `core.output_file` (creating folders), close it and return the path."
     from wm_nb.core import output_file
     path = Path(path)
@@ -77,9 +88,13 @@ def save_fig(fig, # a matplotlib figure
     finally: plt.close(fig)
     return path
 
-# %% ../nbs/03_maps.ipynb #b7e04d6a
-def plot_walks(cities, walks, # sequences of city ids
-               ax=None, title:str|None=None, max_walks:int=30, seed:int=0):
+# %% ../nbs/03_maps.ipynb #c7140e15
+def plot_walks(cities, # the `Cities` table the walks' ids refer to
+               walks, # sequences of city ids (-1 = padding)
+               ax=None, # a cartopy GeoAxes to draw on (default: a new world map)
+               title:str|None=None, # the title (default: the number of walks drawn)
+               max_walks:int=30, # draw at most this many, picked at random
+               seed:int=0): # seed of that pick
     "Draw up to `max_walks` walks as connected great-circle hops; returns `(fig, ax)`."
     fig, ax = world_map(ax=ax, title=title or f"{min(len(walks), max_walks)} sample walks")
     ax.scatter(cities.lon, cities.lat, s=0.5, color='#b0b0b0', transform=ccrs.PlateCarree(), zorder=1)
@@ -92,7 +107,11 @@ def plot_walks(cities, walks, # sequences of city ids
         ax.plot(cities.lon[w[0]], cities.lat[w[0]], 'o', color=c, ms=3, transform=ccrs.PlateCarree(), zorder=3)
     return fig, ax
 
-def plot_walks_zoom(cities, walk, ax=None, pad_deg:float=2.0):
+# %% ../nbs/03_maps.ipynb #5386d7e0
+def plot_walks_zoom(cities, # the `Cities` table the walk's ids refer to
+                    walk, # one sequence of city ids (-1 = padding)
+                    ax=None, # a cartopy GeoAxes to draw on (default: a new PlateCarree map)
+                    pad_deg:float=2.0): # margin around the walk, degrees
     "One walk on a local map with city labels, to check hops by eye; returns `(fig, ax)`."
     w = np.asarray(walk); w = w[w >= 0]
     if ax is None:

@@ -18,7 +18,9 @@ __all__ = ['THRESHOLDS', 'neighbour_pairs', 'neighbour_counts', 'neighbour_stats
            'format_stats', 'wm_analyze']
 
 # %% ../nbs/04_spatial.ipynb #d44b4bb8
-def neighbour_pairs(cities:Cities, radius_km:float=200.0)->np.ndarray:
+def neighbour_pairs(cities:Cities, # the city table
+                    radius_km:float=200.0, # great-circle radius, km
+                   )->np.ndarray:
     "All pairs `(i, j)`, `i < j`, of cities within `radius_km` great-circle km, shape `(n_pairs, 2)`."
     if radius_km <= 0: raise WMError(f"radius must be positive, got {radius_km} km")
     tree = cKDTree(cities.xyz)
@@ -28,7 +30,10 @@ def neighbour_pairs(cities:Cities, radius_km:float=200.0)->np.ndarray:
     pairs = pairs[d <= radius_km]
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
-def neighbour_counts(cities:Cities, radius_km:float=200.0)->np.ndarray:
+# %% ../nbs/04_spatial.ipynb #655cd78a
+def neighbour_counts(cities:Cities, # the city table
+                     radius_km:float=200.0, # great-circle radius, km
+                    )->np.ndarray:
     "Number of other cities within `radius_km` of each city."
     p = neighbour_pairs(cities, radius_km)
     return np.bincount(p.ravel(), minlength=len(cities))
@@ -36,7 +41,10 @@ def neighbour_counts(cities:Cities, radius_km:float=200.0)->np.ndarray:
 # %% ../nbs/04_spatial.ipynb #6dc3d50f
 THRESHOLDS = (0, 5, 10, 20, 50, 100)
 
-def neighbour_stats(cities:Cities, counts:np.ndarray, radius_km:float=200.0)->dict:
+def neighbour_stats(cities:Cities, # the city table
+                    counts:np.ndarray, # neighbours of each city (`neighbour_counts`)
+                    radius_km:float=200.0, # the radius `counts` was computed with, recorded
+                   )->dict:
     "Summary statistics of neighbour counts, with the most connected city."
     i = int(np.argmax(counts))
     return dict(radius_km=float(radius_km), n_cities=len(cities), mean=float(counts.mean()), median=float(np.median(counts)),
@@ -46,7 +54,9 @@ def neighbour_stats(cities:Cities, counts:np.ndarray, radius_km:float=200.0)->di
                 most_connected=dict(id=i, token=cities.token(i), name=str(cities.name[i]), country=str(cities.country[i]), neighbours=int(counts[i])))
 
 # %% ../nbs/04_spatial.ipynb #3b8a0b77
-def plot_neighbour_histogram(counts:np.ndarray, radius_km:float=200.0, ax=None):
+def plot_neighbour_histogram(counts:np.ndarray, # neighbours of each city
+                             radius_km:float=200.0, # the radius, for the labels
+                             ax=None): # matplotlib axes to draw on (default: a new figure)
     "Histogram of neighbour counts with mean and median marked; returns `(fig, ax)`."
     if ax is None: fig, ax = plt.subplots(figsize=(7, 4))
     else: fig = ax.figure
@@ -58,7 +68,10 @@ def plot_neighbour_histogram(counts:np.ndarray, radius_km:float=200.0, ax=None):
     return fig, ax
 
 # %% ../nbs/04_spatial.ipynb #ae414879
-def spatial_report(cities:Cities, radius_km:float=200.0, out_dir:str|Path='outputs/analysis')->dict:
+def spatial_report(cities:Cities, # the city table
+                   radius_km:float=200.0, # great-circle radius, km
+                   out_dir:str|Path='outputs/analysis', # folder to write into (created if missing)
+                  )->dict:
     "Neighbour statistics, histogram, map and per-city counts written under `out_dir`; returns the stats."
     from wm_nb.maps import plot_cities, save_fig
     counts = neighbour_counts(cities, radius_km)     # checks the radius before anything is written
@@ -76,7 +89,9 @@ def spatial_report(cities:Cities, radius_km:float=200.0, out_dir:str|Path='outpu
     write_json(stats, out/f"neighbours_{tag}.json")
     return stats
 
-def format_stats(s:dict)->str:
+# %% ../nbs/04_spatial.ipynb #2180cbae
+def format_stats(s:dict, # statistics from `neighbour_stats` or `spatial_report`
+                )->str:
     "The statistics as a few lines of text."
     mc = s['most_connected']
     lines = [f"{s['n_cities']:,} cities, neighbours within {s['radius_km']:g} km:",

@@ -17,21 +17,24 @@ SPECIAL_TOKENS = ['<bos>', '<eos>', '<pad>']
 VOCAB = SPECIAL_TOKENS + list('(),=_') + list(string.ascii_lowercase) + list(string.digits)
 CHARS = frozenset(VOCAB[3:])
 
+# %% ../nbs/07_tokenizer.ipynb #70ba8eba
 class OutOfVocabularyError(WMError):
     "A text holds a character that the 44-token vocabulary cannot encode."
 
-def check_text(text:str, where:str='text'):
+def check_text(text:str, # a text in the 44-token language
+               where:str='text'): # what the text is, named in the error (e.g. 'dataset row 12')
     "Raise `OutOfVocabularyError` naming the first character of `text` outside the vocabulary and its position."
     if CHARS.issuperset(text): return
     pos = next(i for i, ch in enumerate(text) if ch not in CHARS)
     raise OutOfVocabularyError(f"{where}: character {text[pos]!r} (U+{ord(text[pos]):04X}) at position {pos} of {text!r} "
                                f"is not in the 44-token vocabulary (a-z, 0-9, ( ) , = _); remove or replace it")
 
-# %% ../nbs/07_tokenizer.ipynb #70ba8eba
+# %% ../nbs/07_tokenizer.ipynb #a70c00e6
 def _bos_only():
     from tokenizers import processors
     return processors.TemplateProcessing(single='<bos> $A', pair='<bos> $A $B:1', special_tokens=[('<bos>', 0)])
 
+# %% ../nbs/07_tokenizer.ipynb #32ef1f34
 def build_tokenizer():
     "The 44-token character tokenizer as a `PreTrainedTokenizerFast`."
     from tokenizers import Tokenizer, Regex, models, pre_tokenizers, decoders, processors
@@ -47,24 +50,29 @@ def build_tokenizer():
 # %% ../nbs/07_tokenizer.ipynb #26d0de42
 def encode(tok, # the wm_nb tokenizer
            text:str, # text in the 44-token language
-           add_special_tokens:bool=True)->list[int]: # put `<bos>` in front
+           add_special_tokens:bool=True, # put `<bos>` in front
+          )->list[int]:
     "Token ids of `text` (after `<bos>`), after checking every character is in the vocabulary."
     check_text(text)
     return tok(text, add_special_tokens=add_special_tokens)['input_ids']
 
+# %% ../nbs/07_tokenizer.ipynb #0dede258
 def decode(tok, # the wm_nb tokenizer
-           ids)->str: # token ids
+           ids, # token ids
+          )->str:
     "The text of token ids, special tokens dropped."
     return tok.decode(ids, skip_special_tokens=True)
 
 # %% ../nbs/07_tokenizer.ipynb #6d266bec
 def save_tokenizer(path:str|Path, # folder to write
-                   overwrite:bool=False)->Path: # replace a tokenizer folder wm_nb wrote
+                   overwrite:bool=False, # replace a tokenizer folder wm_nb wrote
+                  )->Path:
     "Write the tokenizer folder (loadable with `AutoTokenizer.from_pretrained`)."
     path = Path(path)
     with atomic_dir(path, overwrite=overwrite) as tmp: build_tokenizer().save_pretrained(str(tmp))
     return path
 
+# %% ../nbs/07_tokenizer.ipynb #61e753dc
 def load_tokenizer(path:str|Path): # a tokenizer folder (or a model folder holding one)
     "Load a tokenizer folder with `AutoTokenizer` (offline) and check it has the 44-token vocabulary."
     from transformers import AutoTokenizer
@@ -81,7 +89,8 @@ def load_tokenizer(path:str|Path): # a tokenizer folder (or a model folder holdi
 def check_roundtrip(tok, # the wm_nb tokenizer
                     texts, # a list (or dataset column) of texts
                     batch_size:int=10_000, # texts per batch
-                    where:str='dataset')->int: # named in the error
+                    where:str='dataset', # named in the error
+                   )->int:
     "Check decode(encode(t)) == t and the leading `<bos>` for every text; returns how many were checked."
     n = 0
     for s in range(0, len(texts), batch_size):
