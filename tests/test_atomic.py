@@ -81,7 +81,7 @@ def test_killed_write_leaves_no_dataset_and_is_swept(tmp_path, subprocess_env):
     save_dataset(dsd, make_manifest(cities, info, dsd), cities, dest)
     assert not tmp.exists(), "stale temporary folder of the killed writer was not swept"
     assert live.is_dir(), "the temporary folder of a live process was swept"
-    assert sorted(p.name for p in parent.iterdir()) == sorted(['.wm_nb.json', NAME, live.name])
+    assert sorted(p.name for p in parent.iterdir()) == sorted([NAME, live.name])
     back, man, c = load_dataset(dest)
     assert back['train']['text'] == dsd['train']['text'] and man['counts'] == {'train': 3}
     assert c.fingerprint() == cities.fingerprint()

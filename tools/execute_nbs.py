@@ -22,6 +22,8 @@ def execute(fn:Path):
         if d.get('eval:', [''])[0].lower() == 'false': return True
         return bool(flags & d.keys())
     raw = read_nb(fn)
+    for c in nb.cells:                       # a cell that now writes nothing must not keep an old output
+        if c.cell_type == 'code': c['outputs'] = []
     sh = CaptureShell(fn)
     with working_directory(fn.parent): sh.run_all(nb, exc_stop=True, preproc=_skip)
     for c_raw, c in zip(raw.cells, nb.cells):

@@ -67,8 +67,9 @@ def _write_ledger(folder:Path, led:dict):
 
 # %% ../nbs/00_core.ipynb #befd424c
 def record_written(path:str|Path): # a file or folder wm_nb has just written
-    "Add `path` to its folder's ledger (files with their content hash)."
+    "Add `path` to its folder's ledger (files with their content hash; a folder only where the parent has a ledger: it carries its own)."
     path = Path(path)
+    if path.is_dir() and read_ledger(path.parent) is None: return   # a user's folder gets no ledger for a folder wm_nb made in it
     led = read_ledger(path.parent) or dict(files={}, dirs=[])
     if path.is_dir(): led['dirs'] = sorted(set(led['dirs']) | {path.name}); led['files'].pop(path.name, None)
     else: led['files'][path.name] = _hash(path)
@@ -88,7 +89,7 @@ def mark_dir(folder:str|Path): # a folder whose every entry wm_nb wrote
 # %% ../nbs/00_core.ipynb #31cebc8a
 def make_dirs(folder:str|Path # a folder to create (with any missing parents)
              )->Path:
-    "Create `folder` and its missing parents; the ones created are wm_nb's (ledgered, and recorded in their parent's ledger)."
+    "Create `folder` and its missing parents; the ones created are wm_nb's (each with a ledger, recorded in a wm_nb parent's)."
     folder = Path(folder)
     missing = [p for p in [folder, *folder.parents] if not p.exists()][::-1]
     folder.mkdir(parents=True, exist_ok=True)
