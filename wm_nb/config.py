@@ -12,12 +12,13 @@ from .core import WMError, cli_errors
 
 # %% auto #0
 __all__ = ['DataConfig', 'ModelConfig', 'TrainConfig', 'EvalConfig', 'ArxivConfig', 'ExperimentConfig', 'config_keys', 'set_key',
-           'configs_dir', 'shipped_configs', 'parse_overrides', 'load_config', 'config_dict', 'save_config',
-           'check_config', 'config_cli']
+           'check_config', 'configs_dir', 'shipped_configs', 'parse_overrides', 'load_config', 'config_dict',
+           'save_config', 'config_cli']
 
 # %% ../nbs/09_config.ipynb #66d076a0
 @dataclass
 class DataConfig:
+    "What to train on: a task or a mixture, over which cities, with which sampling."
     task: str = 'loc'                 # a one-task dataset: loc, dist, angle, compass, triarea, perim, cross, inside or walk (see tasks)
     mixture: str|dict|None = None     # or a mixture of tasks: a spec (inline), a spec file or a shipped spec name (see mixtures); task options are then ignored
     dataset: str|None = None          # an existing dataset folder (default: built or reused from the options above)
@@ -36,26 +37,30 @@ class DataConfig:
     datasets_dir: str = 'outputs/datasets'                  # where datasets are built or found
     tokenizer: str = 'outputs/tokenizer/wm_tokenizer'       # tokenizer folder (built if missing)
 
+# %% ../nbs/09_config.ipynb #ac554167
 @dataclass
 class ModelConfig:
-    hidden_size: int = 64             # a Llama-architecture decoder (biases on q, k, v, o), built from config only (no hub)
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 4
-    intermediate_size: int = 256
-    max_position_embeddings: int = 512
-    rope_theta: float = 10_000.0
-    tie_word_embeddings: bool = True
-    attn_implementation: str = 'sdpa' # transformers attention kernel: sdpa or eager (faster for ~20-token samples on CPU)
+    "The decoder: a Llama-architecture transformer (biases on q, k, v, o), built from this config only (no hub download)."
+    hidden_size: int = 64             # width of the residual stream
+    num_hidden_layers: int = 4        # decoder layers
+    num_attention_heads: int = 4      # query heads (must divide hidden_size)
+    num_key_value_heads: int = 4      # key/value heads (must divide num_attention_heads; fewer is grouped-query attention)
+    intermediate_size: int = 256      # width of the MLP
+    max_position_embeddings: int = 512 # longest sequence, in tokens
+    rope_theta: float = 10_000.0      # base of the rotary position embedding
+    tie_word_embeddings: bool = True  # the output layer shares the input embedding's weights
+    attn_implementation: str = 'sdpa' # transformers attention kernel: sdpa or eager (eager is faster for ~20-token samples on CPU)
     init_std: float = 0.02            # standard deviation of the normal initialisation of the weights (transformers' initializer_range)
 
+# %% ../nbs/09_config.ipynb #9ac6ca35
 @dataclass
 class TrainConfig:
+    "How to train: batch, optimiser, schedule, length, checkpoints and model selection."
     batch_size: int = 512             # global batch (split over processes under torchrun)
     lr: float = 3e-4                  # AdamW peak learning rate (0 trains nothing: a control)
-    weight_decay: float = 0.01
-    adam_beta2: float = 0.999
-    warmup_steps: int = 50
+    weight_decay: float = 0.01        # AdamW weight decay
+    adam_beta2: float = 0.999         # AdamW second-moment decay
+    warmup_steps: int = 50            # optimizer steps of linear warmup to the peak learning rate
     scheduler: str = 'linear'         # transformers lr_scheduler_type: linear, cosine, constant_with_warmup, ...
     epochs: float = 5.0               # training length in epochs ...
     token_budget: int|None = None     # ... or in non-pad training tokens (overrides epochs)
@@ -65,9 +70,9 @@ class TrainConfig:
     save_total_limit: int = 3         # checkpoints kept (the best one is always kept)
     best_metric: str = 'auto'         # model selection: auto (the first task's headline metric), eval_loss, or <task>_<metric>, e.g. loc_median_km
     group_by_length: bool = False     # batch similar lengths together (walks)
-    grad_clip: float = 1.0
-    seed: int = 42
-    logging_steps: int = 10
+    grad_clip: float = 1.0            # gradient-norm clipping (transformers' max_grad_norm)
+    seed: int = 42                    # seed of the initialisation and of the data order
+    logging_steps: int = 10           # optimizer steps between training-loss log lines
     report_to: str = 'none'           # none, wandb or tensorboard
     num_workers: int = 0              # DataLoader workers
     optim: str = 'adamw_torch_fused'  # transformers optimizer name (fused AdamW: one kernel for all parameters)
@@ -76,16 +81,19 @@ class TrainConfig:
     snapshot_every: float = 0         # weights-only snapshots for probes over training (< 1: fraction of an epoch, >= 1: steps; 0: none)
     init_from: str|None = None        # start from this model folder's weights (fine-tuning) instead of a random initialisation
 
+# %% ../nbs/09_config.ipynb #b6f2ed83
 @dataclass
 class EvalConfig:
+    "The fixed evaluation sample scored during training (by generation)."
     split: str = 'validation'         # which split the fixed evaluation sample is drawn from during training
     n_samples: int = 512              # size of the fixed evaluation sample of each task (all if smaller)
     batch_size: int = 512             # prompts per generate() call
     seed: int = 0                     # seed of the fixed sample
 
-# --- the arXiv K-category experiment: its own section, read only when data.task is 'arxiv' ---
+# %% ../nbs/09_config.ipynb #97e4bf71
 @dataclass
 class ArxivConfig:
+    "The arXiv K-category experiment: which categories, and the windows it trains and tests on."
     prepared: str = 'outputs/arxiv/prepared' # prepared folder written by wm_arxiv_prep
     k: int = 1                        # number of categories trained on
     category_seed: int = 0            # seed of the category choice (the sets are nested in k)
@@ -93,20 +101,22 @@ class ArxivConfig:
     eval_windows: int = 512           # fixed validation windows (best-model selection)
     test_windows: int = 1024          # fixed test windows per chosen category
     sweep_ks: str = '1,2,4,8'         # K values of wm_arxiv_sweep, comma-separated
-# --- end arxiv ---
 
+# %% ../nbs/09_config.ipynb #7bac50e0
 @dataclass
 class ExperimentConfig:
+    "One experiment: its name, where it is written, and its sections."
     name: str = 'loc_seed'            # experiment folder name under out_dir
-    out_dir: str = 'outputs/experiments'
+    out_dir: str = 'outputs/experiments' # parent folder of experiment folders
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     arxiv: ArxivConfig = field(default_factory=ArxivConfig)   # the arXiv experiment
 
-# %% ../nbs/09_config.ipynb #97e4bf71
-def config_keys(cfg=None, prefix='')->list[str]:
+# %% ../nbs/09_config.ipynb #91dc6243
+def config_keys(cfg=None, # an `ExperimentConfig` or one of its sections (default: a fresh `ExperimentConfig`)
+                prefix:str='')->list[str]: # put before every key
     "Every dotted key of an `ExperimentConfig`."
     cfg = cfg or ExperimentConfig()
     out = []
@@ -115,11 +125,14 @@ def config_keys(cfg=None, prefix='')->list[str]:
         out += config_keys(v, f"{prefix}{f.name}.") if is_dataclass(v) else [prefix + f.name]
     return out
 
+# %% ../nbs/09_config.ipynb #cfe918f5
 _SYNONYMS = {'learning_rate': 'lr', 'per_device_train_batch_size': 'batch_size', 'num_train_epochs': 'epochs', 'epoch': 'epochs',
              'num_layers': 'num_hidden_layers', 'n_layer': 'num_hidden_layers', 'num_heads': 'num_attention_heads', 'n_head': 'num_attention_heads',
              'd_model': 'hidden_size', 'n_embd': 'hidden_size', 'warmup': 'warmup_steps', 'wd': 'weight_decay'}
 
+# %% ../nbs/09_config.ipynb #fef09b4f
 def _unknown(key, where):
+    "The `WMError` for an unknown `key`, naming the closest valid key."
     *sec, last = key.split('.')
     syn = '.'.join(sec + [_SYNONYMS.get(last, '')])
     if syn in config_keys(): return WMError(f"{where}: unknown config key '{key}'; did you mean '{syn}'?")
@@ -127,6 +140,7 @@ def _unknown(key, where):
     hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(config_keys())}"
     return WMError(f"{where}: unknown config key '{key}'{hint}")
 
+# %% ../nbs/09_config.ipynb #3d217374
 def _coerce(key, value, default, typ, where):
     "Check a value against the type of its field."
     t = str(typ)
@@ -145,7 +159,11 @@ def _coerce(key, value, default, typ, where):
     if t.startswith('str') and isinstance(value, (str, int, float)) and not isinstance(value, bool): return str(value)
     raise WMError(f"{where}: '{key}' must be {t.replace('|', ' or ')}, got {value!r}")
 
-def set_key(cfg:ExperimentConfig, key:str, value, where='override'):
+# %% ../nbs/09_config.ipynb #48d1ba87
+def set_key(cfg:ExperimentConfig, # the config to change in place
+            key:str, # a dotted key, e.g. `train.lr`
+            value, # the new value (converted to the field's type where nothing is lost)
+            where:str='override'): # where the value came from, named in errors (a file, or 'override')
     "Set dotted `key` to `value` after checking that the key exists and the value has its type."
     if key not in config_keys(): raise _unknown(key, where)
     *path, last = key.split('.')
@@ -154,15 +172,71 @@ def set_key(cfg:ExperimentConfig, key:str, value, where='override'):
     f = next(f for f in fields(obj) if f.name == last)
     setattr(obj, last, _coerce(key, value, getattr(obj, last), f.type, where))
 
-# %% ../nbs/09_config.ipynb #91dc6243
+# %% ../nbs/09_config.ipynb #f262e55b
+def _check_arxiv(cfg:ExperimentConfig):
+    "The arXiv K-category experiment's section, and what it needs from the others."
+    a, m, t = cfg.arxiv, cfg.model, cfg.train
+    if a.k < 1: raise WMError(f"arxiv.k must be >= 1, got {a.k}")
+    if a.window < 2 or m.max_position_embeddings < a.window: raise WMError(f"arxiv.window {a.window} must be >= 2 and <= model.max_position_embeddings {m.max_position_embeddings}")
+    if a.eval_windows < 1 or a.test_windows < 1: raise WMError("arxiv.eval_windows and arxiv.test_windows must be >= 1")
+    if t.best_metric != 'eval_loss': raise WMError(f"data.task arxiv selects the best model by validation loss: set train.best_metric to eval_loss (got {t.best_metric!r})")
+
+# %% ../nbs/09_config.ipynb #57934fce
+def _check_data(cfg:ExperimentConfig):
+    "The `data` section (and the `arxiv` one when the task is arxiv)."
+    d = cfg.data
+    if d.task != 'arxiv' and d.mixture is None and d.dataset is None:
+        from wm_nb.tasks import get_task
+        get_task(d.task)                                       # an unknown task names the closest one
+    if d.mixture is not None and d.dataset is None:
+        from wm_nb.mixtures import load_spec
+        load_spec(d.mixture)
+    if d.task == 'arxiv': _check_arxiv(cfg)
+    if not d.all and d.n_train is None and d.dataset is None and d.mixture is None: raise WMError("data.all is false: set data.n_train too")
+
+# %% ../nbs/09_config.ipynb #a0d70419
+def _check_model(m:ModelConfig):
+    "The `model` section."
+    if m.hidden_size % m.num_attention_heads: raise WMError(f"model.hidden_size {m.hidden_size} is not divisible by model.num_attention_heads {m.num_attention_heads}")
+    if m.num_attention_heads % m.num_key_value_heads: raise WMError("model.num_attention_heads must be a multiple of model.num_key_value_heads")
+    if m.init_std <= 0: raise WMError(f"model.init_std must be > 0, got {m.init_std}")
+    if m.attn_implementation not in ('sdpa', 'eager'): raise WMError(f"model.attn_implementation must be sdpa or eager, got {m.attn_implementation!r}")
+
+# %% ../nbs/09_config.ipynb #0dd1915e
+def _check_train(t:TrainConfig):
+    "The `train` section."
+    if t.report_to not in ('none', 'wandb', 'tensorboard'): raise WMError(f"train.report_to must be none, wandb or tensorboard, got {t.report_to!r}")
+    if t.batch_size < 1 or t.lr < 0: raise WMError("train.batch_size must be >= 1 and train.lr >= 0")
+    if t.epochs <= 0 and t.token_budget is None and t.max_steps is None: raise WMError("train.epochs must be > 0 (or set train.token_budget / train.max_steps)")
+    for k in ('save_every', 'eval_every'):
+        if getattr(t, k) <= 0: raise WMError(f"train.{k} must be > 0 (a fraction of an epoch, or steps if >= 1)")
+    if t.best_metric not in ('auto', 'eval_loss') and '_' not in t.best_metric:
+        raise WMError(f"train.best_metric must be auto, eval_loss or <task>_<metric> (e.g. loc_median_km, dist_mean_abs_err), got {t.best_metric!r}")
+    if t.loss not in ('answer', 'text'): raise WMError(f"train.loss must be answer or text, got {t.loss!r}")
+    if t.snapshot_every < 0: raise WMError(f"train.snapshot_every must be >= 0, got {t.snapshot_every}")
+    from transformers.training_args import OptimizerNames
+    optims = [o.value for o in OptimizerNames]
+    if t.optim not in optims: raise WMError(f"train.optim {t.optim!r} is not a transformers optimizer; try adamw_torch_fused or adamw_torch")
+
+# %% ../nbs/09_config.ipynb #d14b1979
+def check_config(cfg:ExperimentConfig): # a config whose keys and types are already checked
+    "Raise a `WMError` for impossible combinations of values."
+    _check_data(cfg)
+    _check_model(cfg.model)
+    _check_train(cfg.train)
+
+# %% ../nbs/09_config.ipynb #c4c3b086
 def configs_dir()->Path:
+    "The folder of the shipped configs (`wm_nb/configs/`)."
     import wm_nb
     return Path(wm_nb.__file__).parent/'configs'
 
+# %% ../nbs/09_config.ipynb #5abb336a
 def shipped_configs()->list[str]:
     "Names of the configs shipped with the package."
     return sorted(p.stem for p in configs_dir().glob('*.yaml'))
 
+# %% ../nbs/09_config.ipynb #ee20ba05
 def _dict_keys(cfg=None, prefix='')->set[str]:
     "Dotted keys whose value is itself a mapping (an inline spec), not a section."
     cfg = cfg or ExperimentConfig()
@@ -173,13 +247,16 @@ def _dict_keys(cfg=None, prefix='')->set[str]:
         elif 'dict' in str(f.type): out.add(prefix + f.name)
     return out
 
+# %% ../nbs/09_config.ipynb #0cfa844e
 def _flatten(d, prefix=''):
+    "`(dotted key, value)` pairs of a nested mapping."
     for k, v in d.items():
         if isinstance(v, dict) and prefix + str(k) not in _dict_keys(): yield from _flatten(v, f"{prefix}{k}.")
         else: yield prefix + str(k), v
 
-def parse_overrides(args:list[str])->dict:
-    "`['--train.lr', '1e-3', '--data.all', 'false']` -> `{'train.lr': 0.001, 'data.all': False}` (values parsed as YAML)."
+# %% ../nbs/09_config.ipynb #b8093016
+def parse_overrides(args:list[str])->dict: # command-line words after the known options
+    "`['--train.lr', '1e-3', '--data.all', 'false']` -> `{'train.lr': '1e-3', 'data.all': False}` (values parsed as YAML; `set_key` then gives each its field's type)."
     out, i = {}, 0
     while i < len(args):
         a = args[i]
@@ -192,6 +269,7 @@ def parse_overrides(args:list[str])->dict:
         out[key] = val if isinstance(v, (dict, list)) else v
     return out
 
+# %% ../nbs/09_config.ipynb #a92c05c9
 def load_config(config:str|Path|None=None, # a YAML file or a shipped config name (default: 'default')
                 overrides:dict|None=None)->ExperimentConfig: # dotted key -> value
     "Defaults, then the YAML file, then the overrides; every key and value checked."
@@ -212,47 +290,17 @@ def load_config(config:str|Path|None=None, # a YAML file or a shipped config nam
     check_config(cfg)
     return cfg
 
-def config_dict(cfg:ExperimentConfig)->dict: return asdict(cfg)
+# %% ../nbs/09_config.ipynb #c2e28ed1
+def config_dict(cfg:ExperimentConfig)->dict: # the config to convert
+    "The config as nested plain dicts (what `save_config` writes)."
+    return asdict(cfg)
 
+# %% ../nbs/09_config.ipynb #dd4fb553
 def save_config(cfg:ExperimentConfig, # the resolved config
                 path:str|Path): # YAML file to write
     "Write the resolved config as YAML (loadable with `load_config`)."
     from wm_nb.core import output_file
     with output_file(path) as tmp: tmp.write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
-
-# %% ../nbs/09_config.ipynb #cfe918f5
-def check_config(cfg:ExperimentConfig):
-    "Raise a `WMError` for impossible combinations of values."
-    d, t, m = cfg.data, cfg.train, cfg.model
-    if d.task != 'arxiv' and d.mixture is None and d.dataset is None:
-        from wm_nb.tasks import get_task
-        get_task(d.task)                                       # an unknown task names the closest one
-    if d.mixture is not None and d.dataset is None:
-        from wm_nb.mixtures import load_spec
-        load_spec(d.mixture)
-    if d.task == 'arxiv':   # --- the arXiv K-category experiment ---
-        a = cfg.arxiv
-        if a.k < 1: raise WMError(f"arxiv.k must be >= 1, got {a.k}")
-        if a.window < 2 or m.max_position_embeddings < a.window: raise WMError(f"arxiv.window {a.window} must be >= 2 and <= model.max_position_embeddings {m.max_position_embeddings}")
-        if a.eval_windows < 1 or a.test_windows < 1: raise WMError("arxiv.eval_windows and arxiv.test_windows must be >= 1")
-        if t.best_metric != 'eval_loss': raise WMError(f"data.task arxiv selects the best model by validation loss: set train.best_metric to eval_loss (got {t.best_metric!r})")
-    if not d.all and d.n_train is None and d.dataset is None and d.mixture is None: raise WMError("data.all is false: set data.n_train too")
-    if m.hidden_size % m.num_attention_heads: raise WMError(f"model.hidden_size {m.hidden_size} is not divisible by model.num_attention_heads {m.num_attention_heads}")
-    if m.num_attention_heads % m.num_key_value_heads: raise WMError("model.num_attention_heads must be a multiple of model.num_key_value_heads")
-    if t.report_to not in ('none', 'wandb', 'tensorboard'): raise WMError(f"train.report_to must be none, wandb or tensorboard, got {t.report_to!r}")
-    if t.batch_size < 1 or t.lr < 0: raise WMError("train.batch_size must be >= 1 and train.lr >= 0")
-    if t.epochs <= 0 and t.token_budget is None and t.max_steps is None: raise WMError("train.epochs must be > 0 (or set train.token_budget / train.max_steps)")
-    for k in ('save_every', 'eval_every'):
-        if getattr(t, k) <= 0: raise WMError(f"train.{k} must be > 0 (a fraction of an epoch, or steps if >= 1)")
-    if t.best_metric not in ('auto', 'eval_loss') and '_' not in t.best_metric:
-        raise WMError(f"train.best_metric must be auto, eval_loss or <task>_<metric> (e.g. loc_median_km, dist_mean_abs_err), got {t.best_metric!r}")
-    if t.loss not in ('answer', 'text'): raise WMError(f"train.loss must be answer or text, got {t.loss!r}")
-    if t.snapshot_every < 0: raise WMError(f"train.snapshot_every must be >= 0, got {t.snapshot_every}")
-    if m.init_std <= 0: raise WMError(f"model.init_std must be > 0, got {m.init_std}")
-    if m.attn_implementation not in ('sdpa', 'eager'): raise WMError(f"model.attn_implementation must be sdpa or eager, got {m.attn_implementation!r}")
-    from transformers.training_args import OptimizerNames
-    optims = [o.value for o in OptimizerNames]
-    if t.optim not in optims: raise WMError(f"train.optim {t.optim!r} is not a transformers optimizer; try adamw_torch_fused or adamw_torch")
 
 # %% ../nbs/09_config.ipynb #9f5b6140
 def config_cli(spec_fn, # a function whose signature and docments define the options (`config` first)

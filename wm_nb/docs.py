@@ -14,16 +14,17 @@ from .core import WMError, cli_errors, atomic_dir, check_replaceable
 # %% auto #0
 __all__ = ['SPHINX_CONF', 'FAVICON', 'DOC_TOOLS', 'read_settings', 'find_repo', 'doc_notebooks', 'process_notebooks', 'page_name',
            'doc_anchors', 'local_links', 'myst_notebook', 'write_sphinx_project', 'require_doc_tools', 'build_site',
-           'serve_site', 'wm_docs']
+           'site_server', 'serve_site', 'wm_docs']
 
 # %% ../nbs/15_docs.ipynb #ae63df18
-def read_settings(repo:str|Path)->dict:
+def read_settings(repo:str|Path)->dict: # the repository root
     "The `[DEFAULT]` section of the repository's `settings.ini`."
     cfg = configparser.ConfigParser(delimiters=['='], interpolation=None)
     cfg.read(Path(repo)/'settings.ini')
     return dict(cfg['DEFAULT'])
 
-def find_repo(path:str|Path='.')->Path:
+# %% ../nbs/15_docs.ipynb #b6a359d6
+def find_repo(path:str|Path='.')->Path: # a folder inside the repository
     "The repository root at or above `path`: the folder with `settings.ini` whose `nbs_path` holds notebooks."
     start = Path(path).resolve()
     root = next((d for d in [start, *start.parents] if (d/'settings.ini').is_file()), None)
@@ -34,7 +35,8 @@ def find_repo(path:str|Path='.')->Path:
         raise WMError(f"{nbs} holds no notebooks, and the notebooks are the docs: run the docs command inside a clone of the wm_nb repository")
     return root
 
-def doc_notebooks(nbs:str|Path)->list[Path]:
+# %% ../nbs/15_docs.ipynb #8f739311
+def doc_notebooks(nbs:str|Path)->list[Path]: # the notebook folder
     "The notebooks of the site in reading order: `index.ipynb` first, then the others by file name (`_`/`.` names skipped)."
     found = sorted(p for p in Path(nbs).glob('*.ipynb') if not p.name.startswith(('_', '.')))
     return sorted(found, key=lambda p: p.name != 'index.ipynb')
@@ -42,28 +44,33 @@ def doc_notebooks(nbs:str|Path)->list[Path]:
 # %% ../nbs/15_docs.ipynb #254e0c6f
 @contextmanager
 def _cwd(path):
+    "Run the block in folder `path`, then return to the folder it started in, even after an error."
     old = os.getcwd(); os.chdir(path)
     try: yield
     finally: os.chdir(old)
 
+# %% ../nbs/15_docs.ipynb #db0f1053
 def process_notebooks(repo:str|Path, # repository root
                       force:bool=False, # process every notebook, ignoring nbdev's cache
                       n_workers:int=2)->Path: # processes nbdev may use
     "Run nbdev's docs processing on the repository's notebooks; returns the folder of processed notebooks (`_proc/`)."
+    from nbdev.config import get_config
     from nbdev.serve import proc_nbs
-    with _cwd(repo): return Path(proc_nbs(n_workers=n_workers, force=force)).resolve()
+    get_config.cache_clear()      # nbdev keeps the first settings.ini it read in this process: make it read `repo`'s ...
+    try:
+        with _cwd(repo): return Path(proc_nbs(n_workers=n_workers, force=force)).resolve()
+    finally: get_config.cache_clear()    # ... and leave the caller's nbdev reading its own again
 
-# %% ../nbs/15_docs.ipynb #7f3d51b1
+# %% ../nbs/15_docs.ipynb #cfb6fee2
 _re_directive = re.compile(r'^\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$')
-_CELL_KEYS = {'markdown': ('cell_type', 'id', 'metadata', 'source', 'attachments'),
-              'code': ('cell_type', 'id', 'metadata', 'source', 'outputs', 'execution_count'),
-              'raw': ('cell_type', 'id', 'metadata', 'source')}
 
 def _directives(src:str)->dict:
     "Quarto/nbdev `#| key: value` lines of a cell source as `{key: value}`."
     return {m[1]: m[2].lower() for l in src.splitlines() if (m := _re_directive.match(l))}
 
-def page_name(nb:dict, nb_path:str|Path)->str:
+# %% ../nbs/15_docs.ipynb #9e70e737
+def page_name(nb:dict, # a notebook processed by nbdev
+              nb_path:str|Path)->str: # the notebook's file
     "The page a processed notebook becomes: the `output-file` nbdev gave it for Quarto, else the notebook's name."
     first = nb['cells'][0] if nb['cells'] else {}
     src = ''.join(first.get('source', ''))
@@ -72,7 +79,8 @@ def page_name(nb:dict, nb_path:str|Path)->str:
         if out: return Path(out).stem
     return Path(nb_path).stem
 
-def doc_anchors(nb:dict)->set[str]:
+# %% ../nbs/15_docs.ipynb #853cc9e6
+def doc_anchors(nb:dict)->set[str]: # a notebook processed by nbdev
     "Anchors `show_doc` headings give a page (lower-cased names, as in nbdev's links)."
     out = set()
     for c in nb['cells']:
@@ -81,15 +89,50 @@ def doc_anchors(nb:dict)->set[str]:
             out |= {m.lower() for m in re.findall(r'^#+\s+(\S+)\s*$', md, flags=re.M)}
     return out
 
-def local_links(text:str, doc_url:str, anchors:dict)->str:
+# %% ../nbs/15_docs.ipynb #c490460a
+def local_links(text:str, # Markdown
+                doc_url:str, # the Quarto site's address, ending in '/' ('' leaves `text` as it is)
+                anchors:dict)->str: # page -> its anchors, for the pages being built
     "Links nbdev pointed at the Quarto site (`doc_url`) made links between the pages in `anchors` (page -> its anchors)."
     if not doc_url: return text
-    def sub(m):
+    def _sub(m):
         page, anchor = m[1], (m[2] or '')[1:]
         if page not in anchors: return m[0]
         return f"]({page}.ipynb{'#'+anchor if anchor in anchors[page] else ''})"
-    return re.sub(r'\]\(' + re.escape(doc_url) + r'([\w.-]+?)\.html(#[^)\s]*)?\)', sub, text)
+    return re.sub(r'\]\(' + re.escape(doc_url) + r'([\w.-]+?)\.html(#[^)\s]*)?\)', _sub, text)
 
+# %% ../nbs/15_docs.ipynb #f3654749
+def _title_cell(src:str)->dict:
+    "The Markdown cell of Quarto front matter `src`: the title as a heading, the description as a quote."
+    fm = yaml.safe_load(src.strip().strip('-')) or {}
+    md = f"# {fm.get('title', '')}" + (f"\n\n> {fm['description']}" if fm.get('description') else '')
+    return {'cell_type': 'markdown', 'id': 'wm-docs-title', 'metadata': {}, 'source': md}
+
+# %% ../nbs/15_docs.ipynb #2d634c13
+def _myst_markdown(md:str, doc_url:str, anchors:dict)->str:
+    "A `text/markdown` output in the Markdown myst-nb renders, its links made local."
+    md = re.sub(r'^\s*---\s*\n', '', md)                    # show_doc's leading rule: not allowed inside a cell
+    md = re.sub(r'(\]\([^)\s]*\))\{[^}]*\}', r'\1', md)     # Pandoc link attributes: Quarto only
+    return local_links(md, doc_url, anchors)
+
+# %% ../nbs/15_docs.ipynb #4e81c630
+def _myst_code_cell(c:dict, src:str, doc_url:str, anchors:dict)->tuple|None:
+    "Code cell `c` (source `src`) with its directives applied: `(cell, source without #| lines)`, or None if it is dropped."
+    d = _directives(src)
+    if d.get('include') == 'false': return None
+    if d.get('output') == 'false': c['outputs'] = []
+    if d.get('echo') == 'false': c['metadata'] = {**c.get('metadata', {}), 'tags': ['remove-input']}
+    src = '\n'.join(l for l in src.splitlines() if not _re_directive.match(l)).strip('\n')
+    for o in c.get('outputs', []):
+        if 'text/markdown' in o.get('data', {}): o['data']['text/markdown'] = _myst_markdown(''.join(o['data']['text/markdown']), doc_url, anchors)
+    return None if not src and not c.get('outputs') else (c, src)
+
+# %% ../nbs/15_docs.ipynb #3fe6d983
+_CELL_KEYS = {'markdown': ('cell_type', 'id', 'metadata', 'source', 'attachments'),
+              'code': ('cell_type', 'id', 'metadata', 'source', 'outputs', 'execution_count'),
+              'raw': ('cell_type', 'id', 'metadata', 'source')}
+
+# %% ../nbs/15_docs.ipynb #3f2e7919
 def myst_notebook(nb:dict, # a notebook processed by nbdev
                   doc_url:str='', # `doc_host` + `doc_baseurl` + '/': links under it become page links
                   anchors:dict|None=None)->dict: # page -> anchors of the pages being built
@@ -98,26 +141,12 @@ def myst_notebook(nb:dict, # a notebook processed by nbdev
     anchors = anchors or {}
     for i, c in enumerate(nb['cells']):
         src = ''.join(c.get('source', ''))
-        if c['cell_type'] == 'raw' and i == 0 and src.startswith('---'):
-            fm = yaml.safe_load(src.strip().strip('-')) or {}
-            md = f"# {fm.get('title', '')}" + (f"\n\n> {fm['description']}" if fm.get('description') else '')
-            cells.append({'cell_type': 'markdown', 'id': 'wm-docs-title', 'metadata': {}, 'source': md})
-            continue
+        if c['cell_type'] == 'raw' and i == 0 and src.startswith('---'): cells.append(_title_cell(src)); continue
         if 'source' not in c or src.startswith('<!-- WARNING: THIS FILE WAS AUTOGENERATED'): continue  # hidden or nbdev's banner
         c = {k: v for k, v in c.items() if k in _CELL_KEYS.get(c['cell_type'], ())}
         if c['cell_type'] == 'code':
-            d = _directives(src)
-            if d.get('include') == 'false': continue
-            if d.get('output') == 'false': c['outputs'] = []
-            if d.get('echo') == 'false': c['metadata'] = {**c.get('metadata', {}), 'tags': ['remove-input']}
-            src = '\n'.join(l for l in src.splitlines() if not _re_directive.match(l)).strip('\n')
-            for o in c.get('outputs', []):
-                if 'text/markdown' not in o.get('data', {}): continue
-                md = ''.join(o['data']['text/markdown'])
-                md = re.sub(r'^\s*---\s*\n', '', md)                    # show_doc's leading rule: not allowed inside a cell
-                md = re.sub(r'(\]\([^)\s]*\))\{[^}]*\}', r'\1', md)     # Pandoc link attributes: Quarto only
-                o['data']['text/markdown'] = local_links(md, doc_url, anchors)
-            if not src and not c.get('outputs'): continue
+            if (kept := _myst_code_cell(c, src, doc_url, anchors)) is None: continue
+            c, src = kept
         c['source'] = local_links(src, doc_url, anchors)
         cells.append(c)
     nb['cells'] = cells
@@ -145,18 +174,29 @@ html_show_sourcelink = False
 exclude_patterns = ['_build', '**.ipynb_checkpoints']
 '''
 
+# %% ../nbs/15_docs.ipynb #564e08d4
 FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle cx="8" cy="8" r="7" fill="#2a6fb0"/>'
            '<path d="M1 8h14M8 1c-3 4-3 10 0 14M8 1c3 4 3 10 0 14" stroke="#fff" fill="none"/></svg>')
 
+# %% ../nbs/15_docs.ipynb #bfb33040
+def _doc_url(cfg:dict)->str:
+    "`doc_host` + `doc_baseurl` + '/' of a `settings.ini` (`''` without a `doc_host`)."
+    host = cfg.get('doc_host', '').rstrip('/')
+    return '/'.join(filter(None, [host, cfg.get('doc_baseurl', '').strip('/')])) + '/' if host else ''
+
+def _toc_cell(pages:list)->dict:
+    "The index page's hidden table of contents: every other page, in reading order."
+    toc = '\n'.join(p for _, p in pages if p != 'index')
+    return {'cell_type': 'markdown', 'id': 'wm-docs-toc', 'metadata': {}, 'source': f"```{{toctree}}\n:hidden:\n:maxdepth: 1\n\n{toc}\n```"}
+
+# %% ../nbs/15_docs.ipynb #1c215e9c
 def write_sphinx_project(repo:str|Path, # repository root
                          proc:str|Path, # nbdev's processed notebooks (`process_notebooks`)
                          src:str|Path)->list[tuple[str, str]]: # empty folder for the Sphinx project
     "Write the Sphinx project of the site into `src`; returns `(notebook, page)` pairs in reading order."
     repo, proc, src = Path(repo), Path(proc), Path(src)
     cfg = read_settings(repo)
-    nbs = repo/cfg.get('nbs_path', 'nbs')
-    host = cfg.get('doc_host', '').rstrip('/')
-    doc_url = '/'.join(filter(None, [host, cfg.get('doc_baseurl', '').strip('/')])) + '/' if host else ''
+    nbs, doc_url = repo/cfg.get('nbs_path', 'nbs'), _doc_url(cfg)
     notebooks = doc_notebooks(nbs)
     missing = [p.name for p in notebooks if not (proc/p.name).exists()]
     if missing: raise WMError(f"nbdev did not process {', '.join(missing)}: run `wm_docs --force`")
@@ -165,10 +205,7 @@ def write_sphinx_project(repo:str|Path, # repository root
     anchors = {pg: doc_anchors(procd[n]) for n, pg in pages}
     for n, pg in pages:
         nb = myst_notebook(procd[n], doc_url, anchors)
-        if pg == 'index':
-            toc = '\n'.join(p for _, p in pages if p != 'index')
-            nb['cells'].append({'cell_type': 'markdown', 'id': 'wm-docs-toc', 'metadata': {},
-                                'source': f"```{{toctree}}\n:hidden:\n:maxdepth: 1\n\n{toc}\n```"})
+        if pg == 'index': nb['cells'].append(_toc_cell(pages))
         (src/f'{pg}.ipynb').write_text(json.dumps(nb, ensure_ascii=False), encoding='utf-8')
     if 'index' not in dict(pages).values(): raise WMError(f"{nbs} has no index.ipynb: the site's front page is the README's notebook")
     for d in nbs.iterdir():
@@ -210,17 +247,24 @@ def build_site(path:str|Path='.', # a folder inside the repository
             shutil.copytree(html, t, dirs_exist_ok=True, ignore=shutil.ignore_patterns('.doctrees', '.buildinfo', '_sources'))
     return out, pages
 
-# %% ../nbs/15_docs.ipynb #9e7adaa5
+# %% ../nbs/15_docs.ipynb #c803c907
+def site_server(site:str|Path, # the built site folder
+                port:int=8000): # port on the loopback address (0: any free port)
+    "An HTTP server of the folder `site` on 127.0.0.1 only (never on every network interface)."
+    import http.server, functools
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    return http.server.ThreadingHTTPServer(('127.0.0.1', port), handler)
+
+# %% ../nbs/15_docs.ipynb #8e2a2b14
 def serve_site(site:str|Path, # the built site folder
                port:int=8000): # port on the loopback address
     "Serve `site` on 127.0.0.1 only (never on every network interface) until interrupted."
-    import http.server, functools
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-    with http.server.ThreadingHTTPServer(('127.0.0.1', port), handler) as httpd:
+    with site_server(site, port) as httpd:
         print(f"serving {site} at http://127.0.0.1:{port}/ (Ctrl-C to stop)")
         try: httpd.serve_forever()
         except KeyboardInterrupt: pass
 
+# %% ../nbs/15_docs.ipynb #1de361c5
 @call_parse
 def wm_docs(out:str='_site', # site folder; relative paths are under the repository root
             force:bool=False, # reprocess every notebook, ignoring nbdev's cache

