@@ -326,7 +326,7 @@ class InsideTask(Task):
         ids = np.concatenate([point[:, None], verts], 1)
         s = np.sort(np.where(ids >= 0, ids, -1 - np.arange(7)[None]), 1)
         ok = ~(s[:, 1:] == s[:, :-1]).any(1) & _simple(cities.xyz[np.maximum(verts, 0)], nv)
-        ok &= ((cities.xyz[np.maximum(verts, 0)]*centre[:, None]).sum(-1) > 0.2).all(1)   # well inside one hemisphere
+        ok &= (((cities.xyz[np.maximum(verts, 0)]*centre[:, None]).sum(-1) > 0.2) | (verts < 0)).all(1)   # corners well inside one hemisphere (padding is no corner)
         return ids[ok]
     def sample(self, cities, n, rng, pool, must=None):
         from scipy.spatial import cKDTree
