@@ -38,8 +38,9 @@ def _entry(name:str, e:dict|int|str|None, where:str)->dict:
     val = e.get('val', 0)
     if not isinstance(val, int) or val < 0: raise WMError(f"{where}: tasks.{name}.val must be a number of rows >= 0, got {val!r}")
     out = dict(n=n, val=val, heldout_rows=int(e.get('heldout_rows', val or 1000)), new_rows=int(e.get('new_rows', val or 1000)),
-               mention_heldout=bool(e.get('mention_heldout', name != 'loc')), params=dict(task.params))
-    if name == 'loc' and out['mention_heldout']: raise WMError(f"{where}: tasks.loc.mention_heldout cannot be true: a held-out city's loc rows are what is held out")
+               mention_heldout=bool(e.get('mention_heldout', task.kind != 'position')), params=dict(task.params))
+    if task.kind == 'position' and out['mention_heldout']:
+        raise WMError(f"{where}: tasks.{name}.mention_heldout cannot be true: a held-out city's {name} rows are what is held out")
     return out
 
 # %% ../nbs/06a_mixtures.ipynb #f2665ec6
@@ -234,11 +235,11 @@ def _eval_rows(cities:Cities, spec:dict, roles:dict)->dict:
         out['validation'][name] = sample_rows(t, cities, e['val'], stream(seed, 'validation', name), roles['known'])
         if len(roles['heldout']):
             hp = np.union1d(roles['known'], roles['heldout'])
-            out.setdefault(f'heldout_{name}', {})[name] = (roles['heldout'][:, None] if name == 'loc' else
+            out.setdefault(f'heldout_{name}', {})[name] = (roles['heldout'][:, None] if t.kind == 'position' else
                 sample_rows(t, cities, e['heldout_rows'], stream(seed, 'heldout', name), hp, must=roles['heldout']))
         if len(roles['new']):
             np_ = np.union1d(_pool(spec, roles, name, e), roles['new'])
-            out.setdefault(f'new_{name}', {})[name] = (roles['new'][:, None] if name == 'loc' else
+            out.setdefault(f'new_{name}', {})[name] = (roles['new'][:, None] if t.kind == 'position' else
                 sample_rows(t, cities, e['new_rows'], stream(seed, 'new', name), np_, must=roles['new']))
     return out
 
@@ -248,7 +249,7 @@ def _train_rows(cities:Cities, spec:dict, roles:dict, name:str, e:dict, ex, prog
     t, seed, pool = get_task(name, **e['params']), spec['seed'], _pool(spec, roles, name, e)
     if spec['phase'] != 'finetune': return sample_rows(t, cities, e['n'], stream(seed, 'train', name), pool, exclude=ex, progress=progress)
     n_new = len(roles['new']) if e['n'] == 'all' else e['n']
-    rows = roles['new'][:, None] if name == 'loc' else sample_rows(t, cities, n_new, stream(seed, 'finetune', name),
+    rows = roles['new'][:, None] if t.kind == 'position' else sample_rows(t, cities, n_new, stream(seed, 'finetune', name),
                                                                   np.union1d(pool, roles['new']), must=roles['new'], exclude=ex, progress=progress)
     n_rep = int(round(len(rows)*spec['replay']/(1 - spec['replay'])))
     if n_rep: rows = _stack([rows, sample_rows(t, cities, n_rep, stream(seed, 'train', name), pool, exclude=ex, progress=progress)])
@@ -265,7 +266,7 @@ def build_rows(cities:Cities, # the city table, extended by `add_new_cities`
     out['train'] = {}
     for name, e in spec['tasks'].items():
         t = get_task(name, **e['params'])
-        evals = [s[name] for k, s in out.items() if name in s and not (name == 'loc' and e['n'] == 'all' and k == 'validation')]
+        evals = [s[name] for k, s in out.items() if name in s and not (t.kind == 'position' and e['n'] == 'all' and k == 'validation')]
         ex = _stack(evals) if evals and t.kind != 'walk' else None
         out['train'][name] = _train_rows(cities, spec, roles, name, e, ex, progress)
     return out
@@ -298,7 +299,7 @@ def build_mixture(cities:Cities, # the real cities
         fp = hashlib.sha256(json.dumps([spec, split, cities.fingerprint()], sort_keys=True).encode()).hexdigest()[:16]
         if tab.num_rows or split == 'train': dsd[split] = Dataset(InMemoryTable(tab), fingerprint=fp)   # no hashing of the whole table
     roles = city_roles(cities, spec)
-    recall = [n for n, e in spec['tasks'].items() if n == 'loc' and e['n'] == 'all' and e['val']]
+    recall = [n for n, e in spec['tasks'].items() if get_task(n).kind == 'position' and e['n'] == 'all' and e['val']]
     info = dict(spec=spec, tasks=list(spec['tasks']), heldout_cities=roles['heldout'].tolist(), new_cities=roles['new'].tolist(),
                 task_counts={s: {n: int(len(r)) for n, r in rows[s].items() if len(r)} for s in rows},
                 validation_is_recall=recall)
