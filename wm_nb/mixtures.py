@@ -38,11 +38,22 @@ def _entry(name:str, e:dict|int|str|None, where:str)->dict:
     val = e.get('val', 0)
     if not isinstance(val, int) or val < 0: raise WMError(f"{where}: tasks.{name}.val must be a number of rows >= 0, got {val!r}")
     out = dict(n=n, val=val, heldout_rows=int(e.get('heldout_rows', val or 1000)), new_rows=int(e.get('new_rows', val or 1000)),
-               mention_heldout=bool(e.get('mention_heldout', name != 'loc')), params=dict(task.params))
-    if name == 'loc' and out['mention_heldout']: raise WMError(f"{where}: tasks.loc.mention_heldout cannot be true: a held-out city's loc rows are what is held out")
+               mention_heldout=bool(e.get('mention_heldout', task.kind != 'position')), params=dict(task.params))
+    if task.kind == 'position' and out['mention_heldout']:
+        raise WMError(f"{where}: tasks.{name}.mention_heldout cannot be true: a held-out city's {name} rows are what is held out")
     return out
 
-def normalise_spec(spec:dict, where:str='spec')->dict:
+# %% ../nbs/06a_mixtures.ipynb #f2665ec6
+def _new_cities(nc:dict|None, seed:int)->dict|None:
+    "A spec's `new_cities` with its defaults: 100 cities `atlantis` around 35°N 35°W, 300 km sd, the spec's `seed`."
+    if not nc: return None
+    return dict(name=str(nc.get('name', 'atlantis')), n=int(nc.get('n', 100)), lat=float(nc.get('lat', 35.0)), lon=float(nc.get('lon', -35.0)),
+                sd_km=float(nc.get('sd_km', 300.0)), seed=int(nc.get('seed', seed)))
+
+# %% ../nbs/06a_mixtures.ipynb #cc8a7774
+def normalise_spec(spec:dict, # a spec as written (YAML loaded into a dict)
+                   where:str='spec', # what error messages name (the YAML file)
+                  )->dict:
     "A spec with every default filled in and every key and value checked."
     if not isinstance(spec, dict) or not spec.get('tasks'): raise WMError(f"{where}: a spec needs a 'tasks' mapping of task name -> rows")
     bad = set(spec) - _SPEC_KEYS
@@ -50,9 +61,7 @@ def normalise_spec(spec:dict, where:str='spec')->dict:
     seed = int(spec.get('seed', 42))
     h = spec.get('heldout') or None
     h = None if not h or not h.get('n') else dict(n=int(h['n']), seed=int(h.get('seed', seed)))
-    nc = spec.get('new_cities') or None
-    if nc: nc = dict(name=str(nc.get('name', 'atlantis')), n=int(nc.get('n', 100)), lat=float(nc.get('lat', 35.0)), lon=float(nc.get('lon', -35.0)),
-                     sd_km=float(nc.get('sd_km', 300.0)), seed=int(nc.get('seed', seed)))
+    nc = _new_cities(spec.get('new_cities'), seed)
     phase = spec.get('phase', 'pretrain')
     if phase not in ('pretrain', 'finetune'): raise WMError(f"{where}: phase must be pretrain or finetune, got {phase!r}")
     if phase == 'finetune' and not nc: raise WMError(f"{where}: a finetune spec needs new_cities (the cities it teaches)")
@@ -62,16 +71,20 @@ def normalise_spec(spec:dict, where:str='spec')->dict:
     tasks = {name: _entry(name, e, where) for name, e in spec['tasks'].items()}
     return dict(name=str(spec.get('name', 'mix')), seed=seed, heldout=h, new_cities=nc, phase=phase, replay=replay, tasks=tasks)
 
-# %% ../nbs/06a_mixtures.ipynb #db580ace
+# %% ../nbs/06a_mixtures.ipynb #4ce2fcfc
 def specs_dir()->Path:
+    "The folder of the shipped mixture specs."
     import wm_nb
     return Path(wm_nb.__file__).parent/'specs'
 
+# %% ../nbs/06a_mixtures.ipynb #8463344d
 def shipped_specs()->list[str]:
     "Names of the mixture specs shipped with the package."
     return sorted(p.stem for p in specs_dir().glob('*.yaml'))
 
-def load_spec(spec:str|Path|dict)->dict:
+# %% ../nbs/06a_mixtures.ipynb #2edeea4e
+def load_spec(spec:str|Path|dict, # a spec dict, a YAML file, or the name of a shipped spec
+             )->dict:
     "A normalised spec from a dict, a YAML file or the name of a shipped spec."
     if isinstance(spec, dict): return normalise_spec(spec)
     p = Path(spec)
@@ -84,15 +97,24 @@ def load_spec(spec:str|Path|dict)->dict:
     except yaml.YAMLError as e: raise WMError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     return normalise_spec({'name': p.stem, **(raw or {})}, str(p))
 
-def single_task_spec(task:str, n_train:int|None=None, all_:bool=False, n_val:int=0, seed:int=42, n_heldout:int=0, **params)->dict:
-    "The spec of a one-task dataset (what `wm_dataset <task>` builds)."
+# %% ../nbs/06a_mixtures.ipynb #db580ace
+def single_task_spec(task:str, # the task's name
+                     n_train:int|None=None, # training rows
+                     all_:bool=False, # one training row per city instead of `n_train`
+                     n_val:int=0, # validation rows
+                     seed:int=42, # the spec's seed
+                     n_heldout:int=0, # cities held out (0: none)
+                     **params)->dict:
+    "The spec of a one-task dataset (what `wm_dataset <task>` builds); `params` are the task's (a walk's `threshold_km`)."
     if not all_ and n_train is None: raise WMError("give --n_train N or --all")
     if (n_train or 0) < 0 or n_val < 0: raise WMError("--n_train and --n_val must be >= 0")
     return normalise_spec(dict(name=task, seed=seed, heldout={'n': n_heldout} if n_heldout else None,
                                tasks={task: dict(n='all' if all_ else int(n_train), val=int(n_val), **params)}))
 
 # %% ../nbs/06a_mixtures.ipynb #2fb4ab96
-def add_new_cities(cities:Cities, new:dict|None)->Cities:
+def add_new_cities(cities:Cities, # the real cities
+                   new:dict|None, # a normalised spec's `new_cities` (None: no new cities)
+                  )->Cities:
     "`cities` with the synthetic cities of a spec's `new_cities` appended (unchanged without them)."
     if not new: return cities
     rng = np.random.default_rng(new['seed'])
@@ -107,7 +129,10 @@ def add_new_cities(cities:Cities, new:dict|None)->Cities:
                   np.r_[cities.country, ['XX']*new['n']], np.r_[cities.population, np.zeros(new['n'], np.int64)],
                   cities.source + f"; {new['n']} synthetic cities '{new['name']}' around {new['lat']}, {new['lon']} (sd {new['sd_km']:g} km) from id {n0}")
 
-def city_roles(cities:Cities, spec:dict)->dict:
+# %% ../nbs/06a_mixtures.ipynb #1719b639
+def city_roles(cities:Cities, # the city table, extended by `add_new_cities`
+               spec:dict, # a normalised spec
+              )->dict:
     "Id arrays of the `known`, `heldout` and `new` cities of a spec (cities already extended by `add_new_cities`)."
     n_new = spec['new_cities']['n'] if spec['new_cities'] else 0
     base = np.arange(len(cities) - n_new)
@@ -118,11 +143,14 @@ def city_roles(cities:Cities, spec:dict)->dict:
     return dict(known=np.setdiff1d(base, held), heldout=held, new=new)
 
 # %% ../nbs/06a_mixtures.ipynb #763c6b30
-def stream(seed:int, *names:str)->np.random.Generator:
-    "The random stream of one split of one task."
+def stream(seed:int, # the spec's seed
+           *names:str)->np.random.Generator:
+    "The random stream of one split of one task, e.g. `stream(42, 'train', 'dist')`."
     return np.random.default_rng([seed, *(zlib.crc32(n.encode()) for n in names)])
 
-def row_keys(ids:np.ndarray)->np.ndarray:
+# %% ../nbs/06a_mixtures.ipynb #1f7bd21f
+def row_keys(ids:np.ndarray # `(rows, k)` city ids
+            )->np.ndarray:
     "A 64-bit key per row of ids (rows equal iff keys equal, up to hash collisions that only ever drop a row)."
     ids = np.asarray(ids, np.int64)
     h = np.full(len(ids), 1469598103934665603, np.uint64)
@@ -130,27 +158,52 @@ def row_keys(ids:np.ndarray)->np.ndarray:
         for j in range(ids.shape[1]): h = (h ^ (ids[:, j].astype(np.uint64) + np.uint64(j << 32))) * np.uint64(1099511628211)
     return h
 
+# %% ../nbs/06a_mixtures.ipynb #1db6475f
 def _stack(parts:list)->np.ndarray:
     "Row arrays of different widths stacked, padded with `-1`."
     w = max(p.shape[1] for p in parts)
     return np.concatenate([np.pad(p, ((0, 0), (0, w - p.shape[1])), constant_values=-1) for p in parts])
 
-def sample_rows(task, cities:Cities, n, rng, pool, must=None, exclude=None, chunk:int=500_000, progress:bool=False)->np.ndarray:
+# %% ../nbs/06a_mixtures.ipynb #959a5e3f
+def _one_row_per_city(task:Task, cities:Cities, rng, pool:np.ndarray)->np.ndarray:
+    "Rows of `task` whose first city is each city of `pool` in turn (`n: all`)."
+    if task.kind == 'walk': return task.sample(cities, len(pool), rng, pool, starts=pool)
+    if task.k == (1, 1): return pool[:, None]
+    if task.k[0] != task.k[1] or type(task).sample is not Task.sample:
+        raise WMError(f"n: all (one row per city) works for loc, walk and fixed-size uniform tasks, not {task.name}: give a number of rows")
+    ids = distinct_rows(rng, pool, len(pool), task.k[0]); ids[:, 0] = pool
+    while (bad := (ids[:, 1:] == ids[:, :1]).any(1)).any(): ids[bad, 1:] = distinct_rows(rng, pool, int(bad.sum()), task.k[0] - 1)
+    return ids
+
+# %% ../nbs/06a_mixtures.ipynb #fd7519be
+def _distinct_cities(task:Task, rng, pool:np.ndarray, n:int, exclude)->np.ndarray:
+    "`n` rows of a one-city task: distinct cities of `pool`, none the city of a row of `exclude`."
+    avail = pool if exclude is None or len(exclude) == 0 else np.setdiff1d(pool, np.asarray(exclude)[:, 0])
+    if n > len(avail): raise WMError(f"{task.name}: {n:,} rows asked for, but only {len(avail):,} cities to draw from (one row per city): lower n or use all")
+    return rng.choice(avail, n, replace=False)[:, None]
+
+# %% ../nbs/06a_mixtures.ipynb #54aa489a
+def _without(ids:np.ndarray, ex:np.ndarray)->np.ndarray:
+    "The rows of `ids` whose key is not in `ex` (the sorted `row_keys` of the excluded rows)."
+    k = row_keys(ids); pos = np.minimum(np.searchsorted(ex, k), len(ex) - 1)
+    return ids[ex[pos] != k]
+
+# %% ../nbs/06a_mixtures.ipynb #a6b0b8c9
+def sample_rows(task:Task, # the task
+                cities:Cities, # the city table
+                n:int|str, # number of rows, or 'all' (one per pool city)
+                rng:np.random.Generator, # the split's random stream
+                pool, # ids the rows draw from
+                must=None, # ids of which every row holds one; `None`: no constraint
+                exclude=None, # rows (ids) that must not be drawn: the evaluation rows
+                chunk:int=500_000, # rows drawn at a time
+                progress:bool=False, # show a progress bar (from 200,000 rows)
+               )->np.ndarray:
     "Ids of `n` rows (`'all'`: one per pool city) of `task`, none equal to a row of `exclude`, drawn in chunks."
     pool = np.asarray(pool)
-    if n == 'all':
-        if task.kind == 'walk': return task.sample(cities, len(pool), rng, pool, starts=pool)
-        if task.k == (1, 1): return pool[:, None]
-        if task.k[0] != task.k[1] or type(task).sample is not Task.sample:
-            raise WMError(f"n: all (one row per city) works for loc, walk and fixed-size uniform tasks, not {task.name}: give a number of rows")
-        ids = distinct_rows(rng, pool, len(pool), task.k[0]); ids[:, 0] = pool
-        while (bad := (ids[:, 1:] == ids[:, :1]).any(1)).any(): ids[bad, 1:] = distinct_rows(rng, pool, int(bad.sum()), task.k[0] - 1)
-        return ids
+    if n == 'all': return _one_row_per_city(task, cities, rng, pool)
     if n == 0: return np.empty((0, task.k[1]), np.int64)
-    if task.k == (1, 1) and must is None:                  # rows of a one-city task are distinct cities
-        avail = pool if exclude is None or len(exclude) == 0 else np.setdiff1d(pool, np.asarray(exclude)[:, 0])
-        if n > len(avail): raise WMError(f"{task.name}: {n:,} rows asked for, but only {len(avail):,} cities to draw from (one row per city): lower n or use all")
-        return rng.choice(avail, n, replace=False)[:, None]
+    if task.k == (1, 1) and must is None: return _distinct_cities(task, rng, pool, n, exclude)
     ex = None if exclude is None or len(exclude) == 0 or task.kind == 'walk' else np.sort(row_keys(exclude))
     want = np.array([n - n//2, n//2]) if task.balanced else None      # a balanced task keeps its halves exact
     out, have = [np.empty((0, task.k[1]), np.int64)], np.zeros(2, np.int64)
@@ -158,9 +211,7 @@ def sample_rows(task, cities:Cities, n, rng, pool, must=None, exclude=None, chun
         while have.sum() < n:
             m = min(chunk, n - int(have.sum()))
             ids = task.sample(cities, m + (m//50 + 10 if ex is not None else 0), rng, pool, must)
-            if ex is not None:
-                k = row_keys(ids); pos = np.minimum(np.searchsorted(ex, k), len(ex) - 1)
-                ids = ids[ex[pos] != k]
+            if ex is not None: ids = _without(ids, ex)
             if want is None: ids = ids[:n - int(have.sum())]; have[0] += len(ids)
             else:
                 ans = task.answers(cities, ids)
@@ -170,45 +221,59 @@ def sample_rows(task, cities:Cities, n, rng, pool, must=None, exclude=None, chun
     rows = _stack(out)
     return rows[rng.permutation(len(rows))] if want is not None else rows
 
-# %% ../nbs/06a_mixtures.ipynb #959a5e3f
+# %% ../nbs/06a_mixtures.ipynb #178c9584
 def _pool(spec, roles, name, e):
     "The cities training rows of task `name` may mention in pre-training."
     return np.union1d(roles['known'], roles['heldout']) if e['mention_heldout'] and len(roles['heldout']) else roles['known']
 
-def build_rows(cities:Cities, spec:dict, progress:bool=False)->dict:
-    "`{split: {task: ids}}` of a normalised spec over `cities` (already extended by `add_new_cities`)."
-    roles, seed = city_roles(cities, spec), spec['seed']
-    out = {'validation': {}}
+# %% ../nbs/06a_mixtures.ipynb #96f75ded
+def _eval_rows(cities:Cities, spec:dict, roles:dict)->dict:
+    "`{split: {task: ids}}` of the evaluation splits: `validation`, `heldout_<task>`, `new_<task>`."
+    seed, out = spec['seed'], {'validation': {}}
     for name, e in spec['tasks'].items():
         t = get_task(name, **e['params'])
         out['validation'][name] = sample_rows(t, cities, e['val'], stream(seed, 'validation', name), roles['known'])
         if len(roles['heldout']):
             hp = np.union1d(roles['known'], roles['heldout'])
-            out.setdefault(f'heldout_{name}', {})[name] = (roles['heldout'][:, None] if name == 'loc' else
+            out.setdefault(f'heldout_{name}', {})[name] = (roles['heldout'][:, None] if t.kind == 'position' else
                 sample_rows(t, cities, e['heldout_rows'], stream(seed, 'heldout', name), hp, must=roles['heldout']))
         if len(roles['new']):
             np_ = np.union1d(_pool(spec, roles, name, e), roles['new'])
-            out.setdefault(f'new_{name}', {})[name] = (roles['new'][:, None] if name == 'loc' else
+            out.setdefault(f'new_{name}', {})[name] = (roles['new'][:, None] if t.kind == 'position' else
                 sample_rows(t, cities, e['new_rows'], stream(seed, 'new', name), np_, must=roles['new']))
+    return out
+
+# %% ../nbs/06a_mixtures.ipynb #233616f9
+def _train_rows(cities:Cities, spec:dict, roles:dict, name:str, e:dict, ex, progress:bool=False)->np.ndarray:
+    "Training rows of task `name` (entry `e`), none equal to a row of `ex` (its evaluation rows)."
+    t, seed, pool = get_task(name, **e['params']), spec['seed'], _pool(spec, roles, name, e)
+    if spec['phase'] != 'finetune': return sample_rows(t, cities, e['n'], stream(seed, 'train', name), pool, exclude=ex, progress=progress)
+    n_new = len(roles['new']) if e['n'] == 'all' else e['n']
+    rows = roles['new'][:, None] if t.kind == 'position' else sample_rows(t, cities, n_new, stream(seed, 'finetune', name),
+                                                                  np.union1d(pool, roles['new']), must=roles['new'], exclude=ex, progress=progress)
+    n_rep = int(round(len(rows)*spec['replay']/(1 - spec['replay'])))
+    if n_rep: rows = _stack([rows, sample_rows(t, cities, n_rep, stream(seed, 'train', name), pool, exclude=ex, progress=progress)])
+    return rows
+
+# %% ../nbs/06a_mixtures.ipynb #8216ff35
+def build_rows(cities:Cities, # the city table, extended by `add_new_cities`
+               spec:dict, # a normalised spec
+               progress:bool=False, # show progress bars for large splits
+              )->dict:
+    "`{split: {task: ids}}` of a normalised spec over `cities` (already extended by `add_new_cities`)."
+    roles = city_roles(cities, spec)
+    out = _eval_rows(cities, spec, roles)
     out['train'] = {}
     for name, e in spec['tasks'].items():
         t = get_task(name, **e['params'])
-        evals = [s[name] for k, s in out.items() if name in s and not (name == 'loc' and e['n'] == 'all' and k == 'validation')]
+        evals = [s[name] for k, s in out.items() if name in s and not (t.kind == 'position' and e['n'] == 'all' and k == 'validation')]
         ex = _stack(evals) if evals and t.kind != 'walk' else None
-        pool = _pool(spec, roles, name, e)
-        if spec['phase'] == 'finetune':
-            n_new = len(roles['new']) if e['n'] == 'all' else e['n']
-            rows = roles['new'][:, None] if name == 'loc' else sample_rows(t, cities, n_new, stream(seed, 'finetune', name),
-                                                                          np.union1d(pool, roles['new']), must=roles['new'], exclude=ex, progress=progress)
-            n_rep = int(round(len(rows)*spec['replay']/(1 - spec['replay'])))
-            if n_rep: rows = _stack([rows, sample_rows(t, cities, n_rep, stream(seed, 'train', name), pool, exclude=ex, progress=progress)])
-        else:
-            rows = sample_rows(t, cities, e['n'], stream(seed, 'train', name), pool, exclude=ex, progress=progress)
-        out['train'][name] = rows
+        out['train'][name] = _train_rows(cities, spec, roles, name, e, ex, progress)
     return out
 
 # %% ../nbs/06a_mixtures.ipynb #de2098fc
 def _table(cities, spec, parts:dict)->pa.Table:
+    "One split's Arrow table: the columns of each task's rows, task after task."
     tabs = []
     for name, ids in parts.items():
         if len(ids) == 0: continue
@@ -218,7 +283,11 @@ def _table(cities, spec, parts:dict)->pa.Table:
     if not tabs: return pa.table(task_columns(get_task('loc'), cities, np.empty((0, 1), np.int64)))
     return pa.concat_tables(tabs)
 
-def build_mixture(cities:Cities, spec:dict, progress:bool=False)->tuple[DatasetDict, dict, Cities]:
+# %% ../nbs/06a_mixtures.ipynb #409606b9
+def build_mixture(cities:Cities, # the real cities
+                  spec:dict, # a spec (normalised here)
+                  progress:bool=False, # show progress bars for large splits
+                 )->tuple[DatasetDict, dict, Cities]:
     "The `DatasetDict`, its manifest entries and the (extended) city table of a spec."
     spec = normalise_spec(spec)
     cities = add_new_cities(cities, spec['new_cities'])
@@ -230,7 +299,7 @@ def build_mixture(cities:Cities, spec:dict, progress:bool=False)->tuple[DatasetD
         fp = hashlib.sha256(json.dumps([spec, split, cities.fingerprint()], sort_keys=True).encode()).hexdigest()[:16]
         if tab.num_rows or split == 'train': dsd[split] = Dataset(InMemoryTable(tab), fingerprint=fp)   # no hashing of the whole table
     roles = city_roles(cities, spec)
-    recall = [n for n, e in spec['tasks'].items() if n == 'loc' and e['n'] == 'all' and e['val']]
+    recall = [n for n, e in spec['tasks'].items() if get_task(n).kind == 'position' and e['n'] == 'all' and e['val']]
     info = dict(spec=spec, tasks=list(spec['tasks']), heldout_cities=roles['heldout'].tolist(), new_cities=roles['new'].tolist(),
                 task_counts={s: {n: int(len(r)) for n, r in rows[s].items() if len(r)} for s in rows},
                 validation_is_recall=recall)
@@ -239,12 +308,21 @@ def build_mixture(cities:Cities, spec:dict, progress:bool=False)->tuple[DatasetD
 # %% ../nbs/06a_mixtures.ipynb #cd31d3e6
 FORMAT = 2
 
-def make_manifest(cities:Cities, info:dict, dsd:DatasetDict)->dict:
+def make_manifest(cities:Cities, # the (extended) city table the rows refer to
+                  info:dict, # what `build_mixture` says about the dataset
+                  dsd:DatasetDict, # the dataset
+                 )->dict:
     "The manifest of a dataset: what it is, what it was made from and how."
     return dict(info, format=FORMAT, cities=dict(source=cities.source, n=len(cities), fingerprint=cities.fingerprint()),
                 counts={k: v.num_rows for k, v in dsd.items()}, columns=list(dsd['train'].column_names), wm_nb_version=package_version())
 
-def save_dataset(dsd:DatasetDict, manifest:dict, cities:Cities, path:str|Path, overwrite:bool=False)->Path:
+# %% ../nbs/06a_mixtures.ipynb #645c5ec6
+def save_dataset(dsd:DatasetDict, # the dataset
+                 manifest:dict, # its manifest (`make_manifest`)
+                 cities:Cities, # the city table its rows refer to
+                 path:str|Path, # the dataset folder to create
+                 overwrite:bool=False, # replace an existing dataset folder
+                )->Path:
     "Write dataset, `cities.csv` and `manifest.json` atomically to `path`."
     path = Path(path)
     if dsd['train'].num_rows == 0: raise WMError(f"{path.name}: the train split would be empty: ask for at least one training row")
@@ -255,6 +333,16 @@ def save_dataset(dsd:DatasetDict, manifest:dict, cities:Cities, path:str|Path, o
     return path
 
 # %% ../nbs/06a_mixtures.ipynb #96804662
+def _v1_table(tab:pa.Table, task:str|None)->pa.Table:
+    "A format-1 split's table in this format's columns (`task`: the folder's task; a `mix` has a `task` column)."
+    if 'city_a' in tab.column_names: ids = np.stack([np.asarray(tab['city_a']), np.asarray(tab['city_b'])], 1)
+    elif 'cities' in tab.column_names: ids = rows_of(tab['cities'])
+    else: ids = np.asarray(tab['city'])[:, None]
+    t = np.asarray(tab['task']).astype(object) if 'task' in tab.column_names else np.full(len(ids), task, dtype=object)
+    return pa.table(dict(text=tab['text'], prompt=tab['prompt'], completion=tab['completion'], task=pa.array(t, pa.string()),
+                         cities=pa.array([list(r[r >= 0]) for r in ids], pa.list_(pa.int32()))))
+
+# %% ../nbs/06a_mixtures.ipynb #d4c4ca54
 _V1 = {'location': 'loc', 'distance': 'dist', 'walk': 'walk', 'mix': None}
 
 def _upgrade_v1(dsd:DatasetDict, man:dict, path)->tuple[DatasetDict, dict]:
@@ -262,14 +350,7 @@ def _upgrade_v1(dsd:DatasetDict, man:dict, path)->tuple[DatasetDict, dict]:
     if man.get('task') not in _V1: raise WMError(f"{path} has an unknown manifest (task {man.get('task')!r}): rebuild it with wm_dataset")
     out = DatasetDict()
     for split, ds in dsd.items():
-        tab = ds.data.table
-        if 'city_a' in tab.column_names: ids = np.stack([np.asarray(tab['city_a']), np.asarray(tab['city_b'])], 1)
-        elif 'cities' in tab.column_names: ids = rows_of(tab['cities'])
-        else: ids = np.asarray(tab['city'])[:, None]
-        task = np.asarray(tab['task']).astype(object) if 'task' in tab.column_names else np.full(len(ids), _V1[man['task']], dtype=object)
-        cols = dict(text=tab['text'], prompt=tab['prompt'], completion=tab['completion'], task=pa.array(task, pa.string()),
-                    cities=pa.array([list(r[r >= 0]) for r in ids], pa.list_(pa.int32())))
-        out['heldout_loc' if split == 'heldout' else split] = Dataset(InMemoryTable(pa.table(cols)))
+        out['heldout_loc' if split == 'heldout' else split] = Dataset(InMemoryTable(_v1_table(ds.data.table, _V1[man['task']])))
     tasks = ['walk', 'loc'] if man['task'] == 'mix' else [_V1[man['task']]]
     params = {'walk': dict(threshold_km=man.get('threshold_km', 200), max_len=man.get('max_len', 32))}
     spec = normalise_spec(dict(name=man['task'], seed=man.get('seed', 42), heldout={'n': man['n_heldout']} if man.get('n_heldout') else None,
@@ -279,7 +360,9 @@ def _upgrade_v1(dsd:DatasetDict, man:dict, path)->tuple[DatasetDict, dict]:
                 task_counts={}, format=1, cities=man['cities'], counts={k: v.num_rows for k, v in out.items()})
     return out, info
 
-def load_dataset(path:str|Path)->tuple[DatasetDict, dict, Cities]:
+# %% ../nbs/06a_mixtures.ipynb #df7ca435
+def load_dataset(path:str|Path # a dataset folder
+                )->tuple[DatasetDict, dict, Cities]:
     "Load a dataset folder written by `save_dataset` (or by wm_nb 0.1): `(DatasetDict, manifest, cities)`."
     path = Path(path)
     if not path.exists(): raise WMError(f"dataset {path} not found: create it with wm_data / wm_dataset")

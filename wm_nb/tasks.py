@@ -6,6 +6,7 @@
 from __future__ import annotations
 import re, zlib
 import numpy as np, pandas as pd, pyarrow as pa, pyarrow.compute as pc
+from fastcore.basics import patch
 from .core import WMError
 from .geo import (encode_xy, decode_xy, haversine_km, spherical_centroid, arc_km, angle_at_deg, initial_bearing_deg,
                        compass_sector, COMPASS, triangle_area_km2, perimeter_km, arcs_cross, inside_polygon)
@@ -18,17 +19,23 @@ __all__ = ['TASKS', 'THRESHOLDS_KM', 'LOC', 'DIST', 'ANGLE', 'COMPASS_TASK', 'TR
            'TriareaTask', 'PerimTask', 'balanced_rows', 'CrossTask', 'InsideTask', 'task_columns', 'rows_of']
 
 # %% ../nbs/05_tasks.ipynb #d641d75a
-def row_lengths(ids:np.ndarray)->np.ndarray:
+def row_lengths(ids:np.ndarray # `(rows, k_max)` city ids, `-1` = padding
+               )->np.ndarray:
     "Number of cities in each row of a `-1`-padded id array."
     return (np.asarray(ids) >= 0).sum(1)
 
-def id_lists(ids:np.ndarray)->pa.ListArray:
+# %% ../nbs/05_tasks.ipynb #e1e1330c
+def id_lists(ids:np.ndarray # `(rows, k_max)` city ids, `-1` = padding
+            )->pa.ListArray:
     "The ids of each row as an Arrow list (padding dropped)."
     ids = np.asarray(ids)
     offsets = np.zeros(len(ids) + 1, np.int32); np.cumsum(row_lengths(ids), out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids[ids >= 0].astype(np.int32)))
 
-def joined_ids(ids:np.ndarray, sep:str=',')->pa.Array:
+# %% ../nbs/05_tasks.ipynb #4ed6611d
+def joined_ids(ids:np.ndarray, # `(rows, k_max)` city ids, `-1` = padding
+               sep:str=',', # written between two cities
+              )->pa.Array:
     "`c_<a>,c_<b>,...` for each row."
     ids = np.asarray(ids)
     n = int(ids.max()) + 1 if ids.size else 0
@@ -37,7 +44,12 @@ def joined_ids(ids:np.ndarray, sep:str=',')->pa.Array:
     return pc.binary_join(pa.ListArray.from_arrays(lists.offsets, tokens.take(lists.values)), sep)
 
 # %% ../nbs/05_tasks.ipynb #c145c9a7
-def distinct_rows(rng, pool, n:int, k:int, must=None)->np.ndarray:
+def distinct_rows(rng:np.random.Generator, # the random stream
+                  pool, # ids the rows draw from
+                  n:int, # number of rows
+                  k:int, # cities per row
+                  must=None, # ids of which every row holds one (at a random position); `None`: no constraint
+                 )->np.ndarray:
     "`n` rows of `k` distinct cities from `pool`; with `must`, one random position per row holds a city of `must`."
     pool = np.asarray(pool)
     if len(pool) < k: raise WMError(f"a task mentioning {k} cities needs at least {k} cities to draw from, got {len(pool)}")
@@ -52,7 +64,14 @@ def distinct_rows(rng, pool, n:int, k:int, must=None)->np.ndarray:
         keep &= np.cumsum(keep, 1) == 1
         ids[rows] = np.where(keep, ids[rows], fresh)
 
-def ragged_rows(rng, pool, n:int, k_min:int, k_max:int, must=None)->np.ndarray:
+# %% ../nbs/05_tasks.ipynb #6b2ec780
+def ragged_rows(rng:np.random.Generator, # the random stream
+                pool, # ids the rows draw from
+                n:int, # number of rows
+                k_min:int, # fewest cities in a row
+                k_max:int, # most cities in a row (the array's width)
+                must=None, # ids of which every row holds one; `None`: no constraint
+               )->np.ndarray:
     "`n` rows of `k_min..k_max` (uniform) distinct cities, padded with `-1` to `k_max` columns."
     k = rng.integers(k_min, k_max + 1, n)
     out = np.full((n, k_max), -1, np.int64)
@@ -62,8 +81,6 @@ def ragged_rows(rng, pool, n:int, k_min:int, k_max:int, must=None)->np.ndarray:
     return out
 
 # %% ../nbs/05_tasks.ipynb #29e2c663
-_INT = re.compile(r'^\d{1,7}$')
-
 class Task:
     "A task: text format, sampler, answers, parser, metrics and probe prompt."
     name = ''              # one spelling everywhere: configs, CLI, manifests, metrics, the `task` column
@@ -71,45 +88,99 @@ class Task:
     kind = 'number'        # 'number', 'category', 'position' or 'walk'
     unit = ''              # unit of the answer (metrics are reported in it)
     labels = ()            # answers of a categorical task, in index order
-    sampling = 'uniform distinct cities'
+    sampling = 'uniform distinct cities'   # how rows are drawn, in words (the table of tasks below)
     sampled = False        # evaluation samples continuations (walks) rather than greedy answers
     balanced = False       # a two-class task sampled to exactly half of each answer
-    def __init__(self, **params): self.params = params
+    def __init__(self, **params):
+        "A task with parameters `params` (e.g. a walk's `threshold_km`), which `get_task` and specs pass on."
+        self.params = params
     def __repr__(self): return f"{type(self).__name__}({self.name!r}, {self.k[0]}-{self.k[1]} cities, {self.kind})"
 
-    def sample(self, cities:Cities, n:int, rng, pool, must=None)->np.ndarray:
-        "Ids of `n` rows drawn from `pool` (with `must`: one city of it per row)."
-        return ragged_rows(rng, pool, n, *self.k, must)
-    def answers(self, cities:Cities, ids:np.ndarray)->np.ndarray: raise NotImplementedError
-    def prompts(self, ids:np.ndarray)->pa.Array:
-        return pc.binary_join_element_wise(f"{self.name}(", joined_ids(ids), ")=", "")
-    def completions(self, answers)->pa.Array:
-        a = np.asarray(answers)
-        if self.kind == 'category': return pa.array(np.array(self.labels, dtype=object)[a], pa.string())
-        return pc.cast(pa.array(a.astype(np.int64)), pa.string())
-    def parse(self, texts)->np.ndarray:
-        "Answers of completions as floats (category index for categorical tasks); NaN where a text is not one."
-        if self.kind == 'category':
-            idx = {l: i for i, l in enumerate(self.labels)}
-            return np.array([idx.get(t, np.nan) for t in texts], float)
-        return np.array([float(t) if _INT.match(t) else np.nan for t in texts])
-    def eval_prompts(self, ids:np.ndarray)->list[str]:
-        "What the model is given at evaluation (the prompt; walks add their start city)."
-        return self.prompts(ids).to_pylist()
-    def max_new_tokens(self, n_cities:int)->int:
-        return max(map(len, self.labels)) + 1 if self.kind == 'category' else 8
-    def probe_prefix(self, i:int)->str:
-        "Prompt prefix ending with the token after city `i`'s id: the state a probe reads."
-        return f"{self.name}(c_{int(i)}" + (')' if self.k[1] == 1 else ',')
-    def dataset_head(self)->str:
-        "How a one-task dataset of this task starts its folder name."
-        return self.name
-    def context_floors(self, cities:Cities, ids:np.ndarray, train:dict)->tuple[dict, dict]:
-        "Extra floors that use other tasks' training rows (`train`: task name -> ids): `({name: metrics}, {column: values})`."
-        return {}, {}
+# %% ../nbs/05_tasks.ipynb #413eec5e
+@patch
+def sample(self:Task, cities:Cities, # the city table (unused by uniform tasks)
+           n:int, # number of rows
+           rng:np.random.Generator, # the random stream
+           pool, # ids the rows draw from
+           must=None, # ids of which every row holds one; `None`: no constraint
+          )->np.ndarray:
+    "Ids of `n` rows drawn from `pool` (with `must`: one city of it per row)."
+    return ragged_rows(rng, pool, n, *self.k, must)
 
-# %% ../nbs/05_tasks.ipynb #ce2f466c
-def numeric_summary(true, pred, unit:str='')->dict:
+# %% ../nbs/05_tasks.ipynb #9bf9b716
+@patch
+def answers(self:Task, cities:Cities, # the city table
+            ids:np.ndarray, # `(rows, k_max)` city ids, `-1` = padding
+           )->np.ndarray:
+    "True answers of rows `ids`: numbers, or category indices into `labels`."
+    raise NotImplementedError(f"{type(self).__name__} must define answers(cities, ids)")
+
+# %% ../nbs/05_tasks.ipynb #5466a769
+@patch
+def prompts(self:Task, ids:np.ndarray # `(rows, k_max)` city ids, `-1` = padding
+           )->pa.Array:
+    "`<name>(c_a,c_b,...)=` for each row."
+    return pc.binary_join_element_wise(f"{self.name}(", joined_ids(ids), ")=", "")
+
+@patch
+def completions(self:Task, answers # answers as `answers` gives them
+               )->pa.Array:
+    "Answers as text: whole numbers, or the category's label."
+    a = np.asarray(answers)
+    if self.kind == 'category': return pa.array(np.array(self.labels, dtype=object)[a], pa.string())
+    return pc.cast(pa.array(a.astype(np.int64)), pa.string())
+
+# %% ../nbs/05_tasks.ipynb #29fc52d7
+_INT = re.compile(r'^\d{1,7}$')
+
+@patch
+def parse(self:Task, texts # generated completions (strings)
+         )->np.ndarray:
+    "Answers of completions as floats (category index for categorical tasks); NaN where a text is not one."
+    if self.kind == 'category':
+        idx = {l: i for i, l in enumerate(self.labels)}
+        return np.array([idx.get(t, np.nan) for t in texts], float)
+    return np.array([float(t) if _INT.match(t) else np.nan for t in texts])
+
+# %% ../nbs/05_tasks.ipynb #56967403
+@patch
+def eval_prompts(self:Task, ids:np.ndarray # `(rows, k_max)` city ids of the evaluated rows
+                )->list[str]:
+    "What the model is given at evaluation (the prompt; walks add their start city)."
+    return self.prompts(ids).to_pylist()
+
+@patch
+def max_new_tokens(self:Task, n_cities:int # cities in the table (sets the longest city id)
+                  )->int:
+    "How many tokens evaluation generates: enough for the longest answer and `<eos>`."
+    return max(map(len, self.labels)) + 1 if self.kind == 'category' else 8
+
+# %% ../nbs/05_tasks.ipynb #af2534b7
+@patch
+def probe_prefix(self:Task, i:int # the city
+                )->str:
+    "Prompt prefix ending with the token after city `i`'s id: the state a probe reads."
+    return f"{self.name}(c_{int(i)}" + (')' if self.k[1] == 1 else ',')
+
+# %% ../nbs/05_tasks.ipynb #021ea68c
+@patch
+def dataset_head(self:Task)->str:
+    "How a one-task dataset of this task starts its folder name."
+    return self.name
+
+@patch
+def context_floors(self:Task, cities:Cities, # the city table
+                   ids:np.ndarray, # the evaluated rows
+                   train:dict, # task name -> ids of its training rows
+                  )->tuple[dict, dict]:
+    "Extra floors that use other tasks' training rows: `({name: metrics}, {column: values})`."
+    return {}, {}
+
+# %% ../nbs/05_tasks.ipynb #f9dd72f1
+def numeric_summary(true, # true answers
+                    pred, # parsed answers, NaN = unparsed
+                    unit:str='', # unit of the answers, recorded in the metrics
+                   )->dict:
     "Parse rate, mean/median absolute error and median relative error of numeric answers (`pred` NaN = unparsed)."
     true, pred = np.asarray(true, float), np.asarray(pred, float)
     ok = np.isfinite(pred); ae = np.abs(pred - true)[ok]; rel = ae/np.maximum(np.abs(true[ok]), 1)
@@ -118,7 +189,11 @@ def numeric_summary(true, pred, unit:str='')->dict:
                 mean_abs_err=f(ae.mean() if ok.any() else 0), median_abs_err=f(np.median(ae) if ok.any() else 0),
                 median_rel_err=f(np.median(rel) if ok.any() else 0))
 
-def category_summary(true, pred, labels)->dict:
+# %% ../nbs/05_tasks.ipynb #579c81fa
+def category_summary(true, # true category indices
+                     pred, # parsed category indices, NaN = unparsed
+                     labels, # the category labels, in index order
+                    )->dict:
     "Parse rate and accuracy of categorical answers (`pred` NaN = unparsed), with the answer distribution."
     true, pred = np.asarray(true, float), np.asarray(pred, float)
     ok = np.isfinite(pred)
@@ -127,7 +202,13 @@ def category_summary(true, pred, labels)->dict:
                 answer_share={l: float((true == i).mean()) for i, l in enumerate(labels)} if len(true) else {})
 
 # %% ../nbs/05_tasks.ipynb #96ab3b73
-def _score(self:Task, cities:Cities, ids:np.ndarray, completions:list[str], reference=None, seed:int=0)->tuple[dict, pd.DataFrame]:
+@patch
+def score(self:Task, cities:Cities, # the city table
+          ids:np.ndarray, # the evaluated rows
+          completions:list[str], # what the model generated for each row
+          reference=None, # training answers the floor is computed from (default: the true answers)
+          seed:int=0, # random seed of a floor that draws (unused here)
+         )->tuple[dict, pd.DataFrame]:
     "Metrics (beside the floor) and a per-row table of generated `completions` for rows `ids`."
     true, pred = self.answers(cities, ids), self.parse(completions)
     table = pd.DataFrame(dict(cities=[list(r[r >= 0]) for r in np.asarray(ids)], completion=list(completions), true=true, pred=pred))
@@ -143,19 +224,20 @@ def _score(self:Task, cities:Cities, ids:np.ndarray, completions:list[str], refe
         table['abs_err'] = np.abs(pred - true)
     return dict(task=self.name, **m), table
 
-Task.score = _score
-
 # %% ../nbs/05_tasks.ipynb #2f67cbce
 TASKS:dict[str, Task] = {}
 
-def register(task:Task)->Task:
+def register(task:Task # an instance; its `name` becomes the task's name everywhere
+            )->Task:
     "Make `task` known by its name to datasets, training, evaluation and probes."
     if not re.fullmatch(r'[a-z]+', task.name): raise WMError(f"a task name is lowercase letters only (it is written in the 44-token vocabulary), got {task.name!r}")
     TASKS[task.name] = task
     return task
 
-def get_task(name:str, **params)->Task:
-    "The registered task `name` (with `params`, e.g. a walk's `threshold_km`)."
+# %% ../nbs/05_tasks.ipynb #bf726263
+def get_task(name:str, # a registered task's name
+             **params)->Task:
+    "The registered task `name`; with `params` (e.g. a walk's `threshold_km`), a new instance with them."
     if name not in TASKS and name == 'walk':
         raise WMError("the walk task is registered by wm_nb.walks: import it (wm_nb.mixtures and the commands do)")
     if name not in TASKS:
@@ -167,9 +249,9 @@ def get_task(name:str, **params)->Task:
 
 # %% ../nbs/05_tasks.ipynb #69ffa710
 _XY = re.compile(r'^(\d{1,4}),(\d{1,4})$')
-THRESHOLDS_KM = (10, 100, 500, 1000)
 
-def parse_xy(texts)->tuple[np.ndarray, np.ndarray]:
+def parse_xy(texts # completions `'<X>,<Y>'`
+            )->tuple[np.ndarray, np.ndarray]:
     "Decoded `(lat, lon)` of completions `'<X>,<Y>'`; NaN where a text does not parse or is out of range."
     xs, ys = np.full(len(texts), -1.0), np.full(len(texts), -1.0)
     for k, t in enumerate(texts):
@@ -177,7 +259,11 @@ def parse_xy(texts)->tuple[np.ndarray, np.ndarray]:
         if m: xs[k], ys[k] = int(m[1]), int(m[2])
     return decode_xy(xs, ys)
 
-def error_summary(err:np.ndarray)->dict:
+# %% ../nbs/05_tasks.ipynb #80578139
+THRESHOLDS_KM = (10, 100, 500, 1000)
+
+def error_summary(err:np.ndarray # km per answer, NaN = unparsed
+                 )->dict:
     "Parse rate, mean/median/p90 km over parsed answers, and the fraction of all answers within each threshold."
     err = np.asarray(err, float); ok = np.isfinite(err); e = err[ok]
     f = lambda v: float(v) if len(e) else None
@@ -186,79 +272,135 @@ def error_summary(err:np.ndarray)->dict:
     for t in THRESHOLDS_KM: out[f'within_{t}km'] = float((ok & (np.nan_to_num(err, nan=np.inf) <= t)).mean()) if len(err) else 0.0
     return out
 
-# %% ../nbs/05_tasks.ipynb #80578139
+# %% ../nbs/05_tasks.ipynb #63cdafa6
 class LocTask(Task):
+    "`loc(c_<i>)=<X>,<Y>`: where a city is, as the milliradian code of `geo`."
     name, k, kind, unit = 'loc', (1, 1), 'position', 'km'
     sampling = 'one row per city (or uniform cities)'
-    def answers(self, cities, ids):
+    def answers(self, cities:Cities, # the city table
+                ids:np.ndarray, # `(rows, 1)` city ids
+               )->np.ndarray:
         "`(n, 2)` integer codes `(X, Y)`."
         i = np.asarray(ids)[:, 0]
         return np.stack(encode_xy(cities.lat[i], cities.lon[i]), 1)
-    def completions(self, answers):
+    def completions(self, answers:np.ndarray # `(n, 2)` codes
+                   )->pa.Array:
+        "`<X>,<Y>` for each row."
         a = pc.cast(pa.array(np.asarray(answers).ravel()), pa.string())
         return pc.binary_join_element_wise(a.take(pa.array(np.arange(0, len(a), 2))), a.take(pa.array(np.arange(1, len(a), 2))), ',')
-    def parse(self, texts): return np.stack(parse_xy(texts), 1)
-    def max_new_tokens(self, n_cities:int)->int: return 10
-    def score(self, cities, ids, completions, reference=None, seed:int=0):
-        "Great-circle km errors beside the centroid and random-city floors (`reference`: training city ids)."
-        i = np.asarray(ids)[:, 0]
-        la, lo = parse_xy(completions)
-        err = haversine_km(cities.lat[i], cities.lon[i], la, lo)
-        table = pd.DataFrame(dict(city=i, name=cities.name[i], lat=cities.lat[i], lon=cities.lon[i], completion=list(completions),
-                                  pred_lat=la, pred_lon=lo, error_km=err))
-        known = np.unique(i if reference is None else np.asarray(reference))
-        cla, clo = spherical_centroid(cities.lat[known], cities.lon[known])
-        pick = np.random.default_rng(0).choice(known, len(i))
-        m = dict(task=self.name, **error_summary(err))
-        m['floor'] = dict(error_summary(haversine_km(cities.lat[i], cities.lon[i], cla, clo)), rule='spherical centroid of the training cities')
-        m['random_city'] = dict(error_summary(haversine_km(cities.lat[i], cities.lon[i], cities.lat[pick], cities.lon[pick])), rule='a random training city')
-        table['centroid_error_km'] = haversine_km(cities.lat[i], cities.lon[i], cla, clo)
-        table['random_city_error_km'] = haversine_km(cities.lat[i], cities.lon[i], cities.lat[pick], cities.lon[pick])
-        return m, table
-    def sample(self, cities, n, rng, pool, must=None):
-        src = np.asarray(pool if must is None or not len(must) else must)
-        return src[rng.integers(0, len(src), n)][:, None]
+    def parse(self, texts # generated completions
+             )->np.ndarray:
+        "`(n, 2)` decoded latitude and longitude, NaN where a text is not a code."
+        return np.stack(parse_xy(texts), 1)
+    def max_new_tokens(self, n_cities:int # cities in the table (unused: codes have at most 9 characters)
+                      )->int: return 10
 
+# %% ../nbs/05_tasks.ipynb #3fbc8fd3
+@patch
+def sample(self:LocTask, cities:Cities, # the city table
+           n:int, # number of rows
+           rng:np.random.Generator, # the random stream
+           pool, # ids the rows draw from
+           must=None, # if given, the rows draw from these instead
+          )->np.ndarray:
+    "`(n, 1)` ids of uniformly random cities of `must` (if given) or `pool`."
+    src = np.asarray(pool if must is None or not len(must) else must)
+    return src[rng.integers(0, len(src), n)][:, None]
+
+# %% ../nbs/05_tasks.ipynb #e6838954
+@patch
+def score(self:LocTask, cities:Cities, # the city table
+          ids:np.ndarray, # `(rows, 1)` evaluated city ids
+          completions:list[str], # what the model generated for each row
+          reference=None, # ids of the training cities (default: the evaluated ones)
+          seed:int=0, # unused: the random-city floor always draws with seed 0
+         )->tuple[dict, pd.DataFrame]:
+    "Great-circle km errors beside the centroid and random-city floors (`reference`: training city ids)."
+    i = np.asarray(ids)[:, 0]
+    la, lo = parse_xy(completions)
+    err = haversine_km(cities.lat[i], cities.lon[i], la, lo)
+    table = pd.DataFrame(dict(city=i, name=cities.name[i], lat=cities.lat[i], lon=cities.lon[i], completion=list(completions),
+                              pred_lat=la, pred_lon=lo, error_km=err))
+    known = np.unique(i if reference is None else np.asarray(reference))
+    cla, clo = spherical_centroid(cities.lat[known], cities.lon[known])
+    pick = np.random.default_rng(0).choice(known, len(i))
+    m = dict(task=self.name, **error_summary(err))
+    m['floor'] = dict(error_summary(haversine_km(cities.lat[i], cities.lon[i], cla, clo)), rule='spherical centroid of the training cities')
+    m['random_city'] = dict(error_summary(haversine_km(cities.lat[i], cities.lon[i], cities.lat[pick], cities.lon[pick])), rule='a random training city')
+    table['centroid_error_km'] = haversine_km(cities.lat[i], cities.lon[i], cla, clo)
+    table['random_city_error_km'] = haversine_km(cities.lat[i], cities.lon[i], cities.lat[pick], cities.lon[pick])
+    return m, table
+
+# %% ../nbs/05_tasks.ipynb #61c698ae
 LOC = register(LocTask())
 
 # %% ../nbs/05_tasks.ipynb #fe2fdf55
 class DistTask(Task):
+    "`dist(c_a,c_b)=<km>`: great-circle km between two cities, rounded."
     name, k, unit = 'dist', (2, 2), 'km'
-    def answers(self, cities, ids):
+    def answers(self, cities:Cities, # the city table
+                ids:np.ndarray, # `(rows, 2)` city ids
+               )->np.ndarray:
         a, b = np.asarray(ids)[:, 0], np.asarray(ids)[:, 1]
         return np.rint(haversine_km(cities.lat[a], cities.lon[a], cities.lat[b], cities.lon[b])).astype(np.int64)
 
 DIST = register(DistTask())
 
-# %% ../nbs/05_tasks.ipynb #67e1d4f3
+# %% ../nbs/05_tasks.ipynb #33bd001f
 class AngleTask(Task):
+    "`angle(c_a,c_b,c_c)=<degrees>`: the angle at the middle city, rounded."
     name, k, unit = 'angle', (3, 3), 'degrees'
-    def answers(self, cities, ids):
+    def answers(self, cities:Cities, # the city table
+                ids:np.ndarray, # `(rows, 3)` city ids; the angle is at the middle one
+               )->np.ndarray:
         x = cities.xyz[np.asarray(ids)]
         return np.rint(angle_at_deg(x[:, 0], x[:, 1], x[:, 2])).astype(np.int64)
 
+ANGLE = register(AngleTask())
+
+# %% ../nbs/05_tasks.ipynb #7bddf2ca
 class CompassTask(Task):
+    "`compass(c_a,c_b)=<point>`: the compass point of the initial bearing from `a` to `b`."
     name, k, kind, labels = 'compass', (2, 2), 'category', COMPASS
-    def answers(self, cities, ids):
+    def answers(self, cities:Cities, # the city table
+                ids:np.ndarray, # `(rows, 2)` city ids: from, to
+               )->np.ndarray:
         a, b = np.asarray(ids)[:, 0], np.asarray(ids)[:, 1]
         return compass_sector(initial_bearing_deg(cities.lat[a], cities.lon[a], cities.lat[b], cities.lon[b]))
 
+COMPASS_TASK = register(CompassTask())
+
+# %% ../nbs/05_tasks.ipynb #e57decb4
 class TriareaTask(Task):
+    "`triarea(c_a,c_b,c_c)=<thousand km²>`: the spherical triangle's area, rounded."
     name, k, unit = 'triarea', (3, 3), 'thousand km²'
-    def answers(self, cities, ids):
+    def answers(self, cities:Cities, # the city table
+                ids:np.ndarray, # `(rows, 3)` city ids
+               )->np.ndarray:
         x = cities.xyz[np.asarray(ids)]
         return np.rint(triangle_area_km2(x[:, 0], x[:, 1], x[:, 2])/1000).astype(np.int64)
 
+TRIAREA = register(TriareaTask())
+
+# %% ../nbs/05_tasks.ipynb #ca448d64
 class PerimTask(Task):
+    "`perim(c_a,...)=<km>`: km around the closed polygon through 2–5 cities in order, rounded."
     name, k, unit = 'perim', (2, 5), 'km'
-    def answers(self, cities, ids):
+    def answers(self, cities:Cities, # the city table
+                ids:np.ndarray, # `(rows, k_max)` city ids, `-1` = padding
+               )->np.ndarray:
         ids = np.asarray(ids)
         return np.rint(perimeter_km(cities.xyz[np.maximum(ids, 0)], row_lengths(ids))).astype(np.int64)
 
-ANGLE, COMPASS_TASK, TRIAREA, PERIM = (register(t()) for t in (AngleTask, CompassTask, TriareaTask, PerimTask))
+PERIM = register(PerimTask())
 
 # %% ../nbs/05_tasks.ipynb #c4932729
-def balanced_rows(task:Task, cities:Cities, n:int, rng, draw)->np.ndarray:
+def balanced_rows(task:Task, # a two-class task
+                  cities:Cities, # the city table
+                  n:int, # number of rows
+                  rng:np.random.Generator, # the random stream (shuffles the result)
+                  draw, # `draw(m)` gives `m` candidate rows
+                 )->np.ndarray:
     "`n` rows from `draw(m)` (a function giving `m` candidate rows), half of each answer of a two-class task."
     want = np.array([n - n//2, n//2])                 # rows answering labels[0], labels[1]
     got = [[], []]
@@ -271,13 +413,22 @@ def balanced_rows(task:Task, cities:Cities, n:int, rng, draw)->np.ndarray:
     out = np.concatenate([np.concatenate(g)[:w] for g, w in zip(got, want)])
     return out[rng.permutation(n)]
 
+# %% ../nbs/05_tasks.ipynb #6c421226
 class CrossTask(Task):
+    "`cross(c_a,c_b,c_c,c_d)=<true|false>`: whether the arcs a–b and c–d cross; sampled half true."
     name, k, kind, labels, balanced = 'cross', (4, 4), 'category', ('false', 'true'), True
     sampling = 'uniform distinct cities, balanced to half true by rejection'
-    def answers(self, cities, ids):
+    def answers(self, cities:Cities, # the city table
+                ids:np.ndarray, # `(rows, 4)` city ids: the arcs 1–2 and 3–4
+               )->np.ndarray:
         x = cities.xyz[np.asarray(ids)]
         return arcs_cross(x[:, 0], x[:, 1], x[:, 2], x[:, 3]).astype(np.int64)
-    def sample(self, cities, n, rng, pool, must=None):
+    def sample(self, cities:Cities, # the city table
+               n:int, # number of rows
+               rng:np.random.Generator, # the random stream
+               pool, # ids the rows draw from
+               must=None, # ids of which every row holds one; `None`: no constraint
+              )->np.ndarray:
         return balanced_rows(self, cities, n, rng, lambda m: distinct_rows(rng, pool, m, 4, must))
 
 CROSS = register(CrossTask())
@@ -299,53 +450,76 @@ def _simple(xyz_poly, n)->np.ndarray:
             ok &= ~(use & arcs_cross(a, b, c, d))
     return ok
 
+# %% ../nbs/05_tasks.ipynb #2f0149bf
 class InsideTask(Task):
+    "`inside(c_p,c_a,c_b,c_c,...)=<true|false>`: whether `p` lies inside the polygon of the others (3–6); sampled half true."
     name, k, kind, labels, balanced = 'inside', (4, 7), 'category', ('false', 'true'), True
     sampling = 'local polygons of 3-6 nearest neighbours ordered by bearing; balanced to half true by rejection'
-    neighbours = 24
-    def answers(self, cities, ids):
+    neighbours = 24        # the polygon's corners and the point are drawn from this many nearest cities of the anchor
+    def answers(self, cities:Cities, # the city table
+                ids:np.ndarray, # `(rows, k_max)`: the point, then the polygon's corners, `-1` = padding
+               )->np.ndarray:
         ids = np.asarray(ids); n = row_lengths(ids) - 1
         x = cities.xyz[np.maximum(ids, 0)]
         return inside_polygon(x[:, 0], x[:, 1:], n).astype(np.int64)
-    def _draw(self, cities, m, rng, pool, must, knn):
-        anchors = np.asarray(must if must is not None and len(must) else pool)[rng.integers(0, len(must if must is not None and len(must) else pool), m)]
-        nb = knn[anchors]                                        # nearest pool cities of each anchor (itself first if in the pool)
-        nv = rng.integers(3, 7, m)
-        pick = np.argsort(rng.random((m, nb.shape[1])), 1)
-        verts = np.take_along_axis(nb, pick, 1)[:, :6]
-        anchor_is_point = rng.random(m) < 0.5
-        point = np.where(anchor_is_point, anchors, verts[:, 0])
-        verts = np.where(anchor_is_point[:, None], verts[:, :6], np.concatenate([anchors[:, None], verts[:, 1:6]], 1))
-        verts = np.where(np.arange(6)[None] < nv[:, None], verts, -1)
-        xv = cities.xyz[np.maximum(verts, 0)]
-        centre = (xv*(verts >= 0)[..., None]).sum(1); centre /= np.linalg.norm(centre, axis=1, keepdims=True)
-        la, lo = np.degrees(np.arcsin(np.clip(centre[:, 2], -1, 1))), np.degrees(np.arctan2(centre[:, 1], centre[:, 0]))
-        bear = initial_bearing_deg(la[:, None], lo[:, None], cities.lat[np.maximum(verts, 0)], cities.lon[np.maximum(verts, 0)])
-        order = np.argsort(np.where(verts >= 0, bear, 999), 1)
-        verts = np.take_along_axis(verts, order, 1)
-        ids = np.concatenate([point[:, None], verts], 1)
-        s = np.sort(np.where(ids >= 0, ids, -1 - np.arange(7)[None]), 1)
-        ok = ~(s[:, 1:] == s[:, :-1]).any(1) & _simple(cities.xyz[np.maximum(verts, 0)], nv)
-        ok &= ((cities.xyz[np.maximum(verts, 0)]*centre[:, None]).sum(-1) > 0.2).all(1)   # well inside one hemisphere
-        return ids[ok]
-    def sample(self, cities, n, rng, pool, must=None):
-        from scipy.spatial import cKDTree
-        pool = np.asarray(pool)
-        if len(pool) < 8: raise WMError(f"inside needs at least 8 cities to draw from, got {len(pool)}")
-        _, j = cKDTree(cities.xyz[pool]).query(cities.xyz, k=min(self.neighbours, len(pool)))
-        knn = pool[j]                                            # for every city: its nearest pool cities
-        return balanced_rows(self, cities, n, rng, lambda m: self._draw(cities, m, rng, pool, must, knn))
 
+# %% ../nbs/05_tasks.ipynb #6d38d619
+@patch
+def _draw(self:InsideTask, cities:Cities, m:int, rng, pool, must, knn)->np.ndarray:
+    "Up to `m` candidate rows around anchors of `must` (or `pool`); `knn[c]`: the nearest pool cities of city `c`."
+    anchors = np.asarray(must if must is not None and len(must) else pool)[rng.integers(0, len(must if must is not None and len(must) else pool), m)]
+    nb = knn[anchors]                                        # nearest pool cities of each anchor (itself first if in the pool)
+    nv = rng.integers(3, 7, m)
+    pick = np.argsort(rng.random((m, nb.shape[1])), 1)
+    verts = np.take_along_axis(nb, pick, 1)[:, :6]
+    anchor_is_point = rng.random(m) < 0.5
+    point = np.where(anchor_is_point, anchors, verts[:, 0])
+    verts = np.where(anchor_is_point[:, None], verts[:, :6], np.concatenate([anchors[:, None], verts[:, 1:6]], 1))
+    verts = np.where(np.arange(6)[None] < nv[:, None], verts, -1)
+    xv = cities.xyz[np.maximum(verts, 0)]
+    centre = (xv*(verts >= 0)[..., None]).sum(1); centre /= np.linalg.norm(centre, axis=1, keepdims=True)
+    la, lo = np.degrees(np.arcsin(np.clip(centre[:, 2], -1, 1))), np.degrees(np.arctan2(centre[:, 1], centre[:, 0]))
+    bear = initial_bearing_deg(la[:, None], lo[:, None], cities.lat[np.maximum(verts, 0)], cities.lon[np.maximum(verts, 0)])
+    order = np.argsort(np.where(verts >= 0, bear, 999), 1)
+    verts = np.take_along_axis(verts, order, 1)
+    ids = np.concatenate([point[:, None], verts], 1)
+    s = np.sort(np.where(ids >= 0, ids, -1 - np.arange(7)[None]), 1)
+    ok = ~(s[:, 1:] == s[:, :-1]).any(1) & _simple(cities.xyz[np.maximum(verts, 0)], nv)
+    ok &= (((cities.xyz[np.maximum(verts, 0)]*centre[:, None]).sum(-1) > 0.2) | (verts < 0)).all(1)   # corners well inside one hemisphere
+    return ids[ok]
+
+# %% ../nbs/05_tasks.ipynb #4813eefe
+@patch
+def sample(self:InsideTask, cities:Cities, # the city table
+           n:int, # number of rows
+           rng:np.random.Generator, # the random stream
+           pool, # ids the rows draw from (at least 8)
+           must=None, # anchor cities (each row is built around one); `None`: the pool
+          )->np.ndarray:
+    "`n` rows of local polygons around anchor cities, half of them with the point inside."
+    from scipy.spatial import cKDTree
+    pool = np.asarray(pool)
+    if len(pool) < 8: raise WMError(f"inside needs at least 8 cities to draw from, got {len(pool)}")
+    _, j = cKDTree(cities.xyz[pool]).query(cities.xyz, k=min(self.neighbours, len(pool)))
+    knn = pool[j]                                            # for every city: its nearest pool cities
+    return balanced_rows(self, cities, n, rng, lambda m: self._draw(cities, m, rng, pool, must, knn))
+
+# %% ../nbs/05_tasks.ipynb #c9ec3301
 INSIDE = register(InsideTask())
 
 # %% ../nbs/05_tasks.ipynb #463d6640
-def task_columns(task:Task, cities:Cities, ids:np.ndarray)->dict:
+def task_columns(task:Task, # the task the rows are of
+                 cities:Cities, # the city table
+                 ids:np.ndarray, # `(rows, k_max)` city ids, `-1` = padding
+                )->dict:
     "Columns `text`, `prompt`, `completion`, `task`, `cities` (Arrow arrays) of rows `ids` of `task`."
     prompt, comp = task.prompts(ids), task.completions(task.answers(cities, ids))
     return dict(text=pc.binary_join_element_wise(prompt, comp, ''), prompt=prompt, completion=comp,
                 task=pa.array(np.full(len(ids), task.name, dtype=object), pa.string()), cities=id_lists(ids))
 
-def rows_of(columns)->np.ndarray:
+# %% ../nbs/05_tasks.ipynb #8bd0be61
+def rows_of(columns # a `cities` column: an Arrow list array (chunked or not) or a list of lists
+           )->np.ndarray:
     "The `-1`-padded id array of a `cities` column (an Arrow list array or a list of lists)."
     lists = columns if isinstance(columns, (pa.ListArray, pa.ChunkedArray)) else pa.array(columns, pa.list_(pa.int32()))
     if isinstance(lists, pa.ChunkedArray): lists = lists.combine_chunks()

@@ -27,16 +27,22 @@ __all__ = ['WALK', 'NeighbourGraph', 'neighbour_graph', 'random_walks', 'check_w
 @dataclass
 class NeighbourGraph:
     "Cities within `threshold_km` of each other, as CSR rows: neighbours of `i` are `indices[indptr[i]:indptr[i+1]]`."
-    indptr: np.ndarray
-    indices: np.ndarray
-    threshold_km: float
+    indptr: np.ndarray     # row starts, one per city plus the end
+    indices: np.ndarray    # neighbour ids, row after row
+    threshold_km: float    # the hop limit the graph was built for
     @property
     def n(self): return len(self.indptr) - 1
     @property
     def degree(self): return np.diff(self.indptr)
-    def neighbours(self, i): return self.indices[self.indptr[i]:self.indptr[i+1]]
+    def neighbours(self, i:int # a city
+                  )->np.ndarray:
+        "The cities within `threshold_km` of city `i`, in increasing id order."
+        return self.indices[self.indptr[i]:self.indptr[i+1]]
 
-def neighbour_graph(cities:Cities, threshold_km:float=200.0)->NeighbourGraph:
+# %% ../nbs/06_walks.ipynb #f76a342b
+def neighbour_graph(cities:Cities, # the city table
+                    threshold_km:float=200.0, # the hop limit T
+                   )->NeighbourGraph:
     "The neighbour graph of `cities` at `threshold_km` (symmetric, sorted rows)."
     p = neighbour_pairs(cities, threshold_km)
     src, dst = np.concatenate([p[:, 0], p[:, 1]]), np.concatenate([p[:, 1], p[:, 0]])
@@ -46,36 +52,55 @@ def neighbour_graph(cities:Cities, threshold_km:float=200.0)->NeighbourGraph:
     return NeighbourGraph(indptr, dst[order].astype(np.int32), float(threshold_km))
 
 # %% ../nbs/06_walks.ipynb #fcf25b1f
+def _unvisited(g, walks, r, step)->tuple[np.ndarray, np.ndarray]:
+    "Neighbours of the current city of walks `r` at `step`, as a `(walks, largest degree)` table, and which are real and unvisited."
+    cur = walks[r, step-1]
+    deg = g.indptr[cur+1] - g.indptr[cur]
+    cols = np.arange(int(deg.max()) if len(deg) else 0)
+    nb = g.indices[np.minimum(g.indptr[cur][:, None] + cols[None], len(g.indices)-1)]
+    seen = (nb[:, :, None] == walks[r, None, :step]).any(-1)
+    return nb, (cols[None] < deg[:, None]) & ~seen
+
+# %% ../nbs/06_walks.ipynb #e24feb68
 def _exact_step(g, walks, rows, step, rng, chunk=4096):
     "For walk rows `rows`: a uniformly random unvisited neighbour of the current city, or -1."
     out = np.full(len(rows), -1, np.int64)
     for s in range(0, len(rows), chunk):
         r = rows[s:s+chunk]
-        cur = walks[r, step-1]
-        deg = g.indptr[cur+1] - g.indptr[cur]
-        width = int(deg.max()) if len(deg) else 0
-        if width == 0: continue
-        cols = np.arange(width)
-        inrow = cols[None] < deg[:, None]
-        nb = g.indices[np.minimum(g.indptr[cur][:, None] + cols[None], len(g.indices)-1)]
-        seen = (nb[:, :, None] == walks[r, None, :step]).any(-1)
-        ok = inrow & ~seen
+        nb, ok = _unvisited(g, walks, r, step)
+        if nb.shape[1] == 0: continue
         cnt = ok.sum(1)
         pick = np.floor(rng.random(len(r))*cnt).astype(np.int64)
-        csum = np.cumsum(ok, 1)
-        col = (csum <= pick[:, None]).sum(1)          # index of the (pick+1)-th unvisited neighbour
+        col = (np.cumsum(ok, 1) <= pick[:, None]).sum(1)          # index of the (pick+1)-th unvisited neighbour
         has = cnt > 0
         out[s:s+chunk][has] = nb[np.flatnonzero(has), col[has]]
     return out
 
-# %% ../nbs/06_walks.ipynb #a6f36245
+# %% ../nbs/06_walks.ipynb #e8196412
+def _advance(g, walks, active, step, rng, rounds:int)->np.ndarray:
+    "The next city of each walk of `active` at `step` (-1: the walk ends)."
+    cur, deg = walks[active, step-1], g.degree
+    chosen = np.full(len(active), -1, np.int64)
+    pending = np.flatnonzero(deg[cur] > 0)
+    for _ in range(rounds):
+        if len(pending) == 0: break
+        c = cur[pending]
+        cand = g.indices[g.indptr[c] + (rng.random(len(pending))*deg[c]).astype(np.int64)]
+        seen = (walks[active[pending], :step] == cand[:, None]).any(1)
+        chosen[pending[~seen]] = cand[~seen]
+        pending = pending[seen]
+    if len(pending): chosen[pending] = _exact_step(g, walks, active[pending], step, rng)
+    return chosen
+
+# %% ../nbs/06_walks.ipynb #ca29e232
 def random_walks(g:NeighbourGraph, # neighbour graph (sets the hop limit)
                  n_walks:int,      # number of walks
                  max_len:int=32,   # target length is uniform on 1..max_len cities
                  seed:int=0,       # random seed
                  starts=None,      # start cities (default: uniformly random)
                  rounds:int=4,     # rejection rounds before the exact fallback
-                 progress:bool=False)->tuple[np.ndarray, np.ndarray]:
+                 progress:bool=False, # show a progress bar (from 200,000 walks)
+                )->tuple[np.ndarray, np.ndarray]:
     "Walks as an `(n_walks, max_len)` int32 array padded with -1, and their lengths."
     if max_len < 1: raise WMError(f"--max_len must be >= 1, got {max_len}")
     rng = np.random.default_rng(seed)
@@ -85,22 +110,11 @@ def random_walks(g:NeighbourGraph, # neighbour graph (sets the hop limit)
     walks = np.full((n_walks, max_len), -1, np.int32)
     walks[:, 0] = starts
     length = np.ones(n_walks, np.int64)
-    deg = g.degree
     active = np.flatnonzero(target > 1)
     for step in tqdm(range(1, max_len), desc='walk steps', disable=not progress or n_walks < 200_000, leave=False):  # < 1 s below 200k
         active = active[target[active] > step]
         if len(active) == 0: break
-        cur = walks[active, step-1]
-        chosen = np.full(len(active), -1, np.int64)
-        pending = np.flatnonzero(deg[cur] > 0)
-        for _ in range(rounds):
-            if len(pending) == 0: break
-            c = cur[pending]
-            cand = g.indices[g.indptr[c] + (rng.random(len(pending))*deg[c]).astype(np.int64)]
-            seen = (walks[active[pending], :step] == cand[:, None]).any(1)
-            chosen[pending[~seen]] = cand[~seen]
-            pending = pending[seen]
-        if len(pending): chosen[pending] = _exact_step(g, walks, active[pending], step, rng)
+        chosen = _advance(g, walks, active, step, rng, rounds)
         ok = chosen >= 0
         active = active[ok]
         walks[active, step] = chosen[ok]
@@ -108,7 +122,11 @@ def random_walks(g:NeighbourGraph, # neighbour graph (sets the hop limit)
     return walks, length
 
 # %% ../nbs/06_walks.ipynb #2dffc6ec
-def check_walks(cities:Cities, walks:np.ndarray, lengths:np.ndarray, threshold_km:float)->dict:
+def check_walks(cities:Cities, # the city table
+                walks:np.ndarray, # `(n_walks, max_len)` ids, `-1` = padding
+                lengths:np.ndarray, # cities per walk
+                threshold_km:float, # the hop limit T
+               )->dict:
     "Validity of walks: max hop km, any repeated city, padding consistent with lengths; raises if invalid."
     n, L = walks.shape
     pos = np.arange(L)[None]
@@ -123,8 +141,13 @@ def check_walks(cities:Cities, walks:np.ndarray, lengths:np.ndarray, threshold_k
     return dict(n_walks=n, n_hops=int(m.sum()), max_hop_km=float(hop.max()) if len(hop) else 0.0, walks_with_repeats=repeats)
 
 # %% ../nbs/06_walks.ipynb #b4d6c6e6
-def random_walks_reference(cities:Cities, n_walks:int, threshold_km:float=200.0, max_len:int=32, seed:int=0)->list[list[int]]:
-    "Walks generated step by step with a k-d tree query per step (the seed work's method)."
+def random_walks_reference(cities:Cities, # the city table
+                           n_walks:int, # number of walks
+                           threshold_km:float=200.0, # the hop limit T
+                           max_len:int=32, # target length is uniform on 1..max_len cities
+                           seed:int=0, # random seed
+                          )->list[list[int]]:
+    "Walks generated step by step with a k-d tree query per step (the direct method)."
     rng = np.random.default_rng(seed)
     xyz = cities.xyz; tree = cKDTree(xyz); r = float(chord_for_km(threshold_km))
     out = []
@@ -139,27 +162,40 @@ def random_walks_reference(cities:Cities, n_walks:int, threshold_km:float=200.0,
         out.append(walk)
     return out
 
-# %% ../nbs/06_walks.ipynb #b6208065
-def walk_prompt(threshold_km:float)->str:
+# %% ../nbs/06_walks.ipynb #61322afa
+def walk_prompt(threshold_km:float # the hop limit T: a positive whole number of km
+               )->str:
     "`srd_<T>=`, checking that `T` can be written in the vocabulary."
     if float(threshold_km) != int(threshold_km) or threshold_km <= 0:
         raise WMError(f"--threshold_km must be a positive whole number of km (the text format srd_<T> has no '.'), got {threshold_km}")
     return f"srd_{int(threshold_km)}="
 
+# %% ../nbs/06_walks.ipynb #22ea94a2
 _WALK = re.compile(r'c_(0|[1-9]\d*)(,c_(0|[1-9]\d*))*')
 
-def parse_walk(text:str, n_cities:int)->list[int]|None:
+def parse_walk(text:str, # a walk text `c_<a>,c_<b>,...`
+               n_cities:int, # cities in the table: larger ids do not exist
+              )->list[int]|None:
     "City ids of a walk text `c_<a>,c_<b>,...`; `None` if it breaks the format or names a city that does not exist."
     if not _WALK.fullmatch(text): return None
     ids = [int(t[2:]) for t in text.split(',')]
     return ids if max(ids) < n_cities else None
 
-# %% ../nbs/06_walks.ipynb #28a1e68a
-def walk_stats(cities:Cities, walks:list, threshold_km:float, max_len:int=32)->dict:
+# %% ../nbs/06_walks.ipynb #525942f2
+def _hop_km(cities:Cities, walks:list)->np.ndarray:
+    "Great-circle km of every hop of `walks` (lists of ids), walk after walk."
+    return np.concatenate([haversine_km(cities.lat[w[:-1]], cities.lon[w[:-1]], cities.lat[w[1:]], cities.lon[w[1:]])
+                           for w in map(np.asarray, walks) if len(w) > 1] or [np.empty(0)])
+
+# %% ../nbs/06_walks.ipynb #fb1ea7ac
+def walk_stats(cities:Cities, # the city table
+               walks:list, # walks as lists of ids, `None` for one that did not parse
+               threshold_km:float, # the hop limit T
+               max_len:int=32, # longer walks are not valid
+              )->dict:
     "Validity, hop and repeat statistics of walks (lists of ids, or `None` for a walk that did not parse)."
     valid = [w for w in walks if w is not None and len(w) <= max_len]
-    hops = np.concatenate([haversine_km(cities.lat[w[:-1]], cities.lon[w[:-1]], cities.lat[w[1:]], cities.lon[w[1:]])
-                           for w in map(np.asarray, valid) if len(w) > 1] or [np.empty(0)])
+    hops = _hop_km(cities, valid)
     n_cities = sum(len(w) for w in valid)
     repeats = sum(len(w) - len(set(w)) for w in valid)
     f = lambda ok, v: float(v) if ok else None
@@ -170,65 +206,132 @@ def walk_stats(cities:Cities, walks:list, threshold_km:float, max_len:int=32)->d
                 walks_with_repeat=f(valid, np.mean([len(w) != len(set(w)) for w in valid]) if valid else 0),
                 mean_length=f(valid, np.mean([len(w) for w in valid]) if valid else 0))
 
-# %% ../nbs/06_walks.ipynb #f915865f
+# %% ../nbs/06_walks.ipynb #347ccb7f
 class WalkTask(Task):
     "Random walks `srd_<T>=c_<a>,c_<b>,...`; parameters `threshold_km` (T) and `max_len`."
-    name, kind, unit = 'walk', 'walk', 'km'
+    name, kind, unit, sampled = 'walk', 'walk', 'km', True
     sampling = 'uniform start city, uniform unvisited neighbour within T km (see above)'
-    def __init__(self, threshold_km:float=200, max_len:int=32):
+    def __init__(self, threshold_km:float=200, # the hop limit T, whole km
+                 max_len:int=32): # most cities in a walk
         walk_prompt(threshold_km)
         if max_len < 1: raise WMError(f"--max_len must be >= 1, got {max_len}")
         super().__init__(threshold_km=int(threshold_km), max_len=int(max_len))
         self.threshold_km, self.max_len, self.k, self._graphs = int(threshold_km), int(max_len), (1, int(max_len)), {}
-    def graph(self, cities:Cities, pool)->tuple[NeighbourGraph, np.ndarray]:
-        "The neighbour graph of the `pool` cities (cached), and the pool."
-        pool = np.asarray(pool); key = (cities.fingerprint(), len(pool), int(pool.sum()))
-        if key not in self._graphs:
-            sub = cities if len(pool) == len(cities) and (pool == np.arange(len(cities))).all() else cities.subset(pool)
-            self._graphs = {key: neighbour_graph(sub, self.threshold_km)}
-        return self._graphs[key], pool
-    def sample(self, cities, n, rng, pool, must=None, starts=None, progress=False):
-        "Walks over the `pool` cities; `must` (or `starts`) gives the start cities."
-        g, pool = self.graph(cities, pool)
-        pos = {c: k for k, c in enumerate(pool.tolist())}
-        if starts is None and must is not None and len(must): starts = np.asarray(must)[rng.integers(0, len(must), n)]
-        st = None if starts is None else np.array([pos[int(c)] for c in starts])
-        w, l = random_walks(g, n, self.max_len, int(rng.integers(2**62)), starts=st, progress=progress)
-        return np.where(w >= 0, pool[np.maximum(w, 0)], -1)
-    def answers(self, cities, ids): return np.asarray(ids)
-    def prompts(self, ids): return pa.array(np.full(len(ids), walk_prompt(self.threshold_km), dtype=object), pa.string())
-    def completions(self, answers): return joined_ids(answers)
-    def eval_prompts(self, ids): return [f"{walk_prompt(self.threshold_km)}c_{int(s)}," for s in np.asarray(ids)[:, 0]]
-    sampled = True
-    def max_new_tokens(self, n_cities:int)->int: return (self.max_len - 1)*(len(str(n_cities)) + 3) + 1
-    def probe_prefix(self, i:int)->str: return f"{walk_prompt(self.threshold_km)}c_{int(i)},"
-    def dataset_head(self)->str: return f"srd{self.threshold_km}"
-    def score(self, cities, ids, completions, reference=None, seed:int=0):
-        "Validity of walks continued from each row's start city, beside walks whose next cities are uniformly random."
-        rng = np.random.default_rng(seed)
-        starts = np.asarray(ids)[:, 0]
-        texts = [f"c_{s},{c}" for s, c in zip(starts, completions)]     # an immediate <eos> leaves "c_<start>," : invalid
-        walks = [parse_walk(x, len(cities)) for x in texts]
-        lengths = [min(len(w), self.max_len) if w is not None else int(rng.integers(2, self.max_len + 1)) for w in walks]
-        base = [[int(s)] + rng.integers(0, len(cities), L - 1).tolist() for s, L in zip(starts, lengths)]
-        m = dict(task=self.name, threshold_km=self.threshold_km, max_len=self.max_len, **walk_stats(cities, walks, self.threshold_km, self.max_len))
-        m['floor'] = dict(walk_stats(cities, base, self.threshold_km, self.max_len), rule='random next city')
-        table = pd.DataFrame(dict(start=starts, text=texts, valid=[w is not None and len(w) <= self.max_len for w in walks],
-                                  length=[len(w) if w is not None else 0 for w in walks]))
-        return m, table
 
+# %% ../nbs/06_walks.ipynb #efa709a6
+@patch
+def answers(self:WalkTask, cities:Cities, # the city table (unused)
+            ids:np.ndarray, # `(walks, max_len)` ids, `-1` = padding
+           )->np.ndarray: return np.asarray(ids)
+
+@patch
+def prompts(self:WalkTask, ids:np.ndarray # the walks (only their number matters)
+           )->pa.Array: return pa.array(np.full(len(ids), walk_prompt(self.threshold_km), dtype=object), pa.string())
+
+@patch
+def completions(self:WalkTask, answers:np.ndarray # the walks
+               )->pa.Array: return joined_ids(answers)
+
+# %% ../nbs/06_walks.ipynb #bf93ee9d
+@patch
+def eval_prompts(self:WalkTask, ids:np.ndarray # the evaluated walks: their first city is the start
+                )->list[str]:
+    "`srd_<T>=c_<start>,` for each walk: the model continues from the start city."
+    return [f"{walk_prompt(self.threshold_km)}c_{int(s)}," for s in np.asarray(ids)[:, 0]]
+
+# %% ../nbs/06_walks.ipynb #afaba26d
+@patch
+def max_new_tokens(self:WalkTask, n_cities:int # cities in the table (sets the longest id)
+                  )->int:
+    "Tokens for `max_len - 1` more cities and `<eos>`."
+    return (self.max_len - 1)*(len(str(n_cities)) + 3) + 1
+
+# %% ../nbs/06_walks.ipynb #ad69b7bd
+@patch
+def probe_prefix(self:WalkTask, i:int # the city
+                )->str:
+    "`srd_<T>=c_<i>,`: a probe reads the state after the start city's comma."
+    return f"{walk_prompt(self.threshold_km)}c_{int(i)},"
+
+# %% ../nbs/06_walks.ipynb #dc4b7e8f
+@patch
+def dataset_head(self:WalkTask)->str:
+    "`srd<T>`: how a one-task walk dataset's folder name starts."
+    return f"srd{self.threshold_km}"
+
+# %% ../nbs/06_walks.ipynb #b6208065
+@patch
+def graph(self:WalkTask, cities:Cities, # the city table
+          pool, # ids of the cities walks may visit
+         )->tuple[NeighbourGraph, np.ndarray]:
+    "The neighbour graph of the `pool` cities (cached), and the pool."
+    pool = np.asarray(pool); key = (cities.fingerprint(), len(pool), int(pool.sum()))
+    if key not in self._graphs:
+        sub = cities if len(pool) == len(cities) and (pool == np.arange(len(cities))).all() else cities.subset(pool)
+        self._graphs = {key: neighbour_graph(sub, self.threshold_km)}
+    return self._graphs[key], pool
+
+# %% ../nbs/06_walks.ipynb #28a1e68a
+@patch
+def sample(self:WalkTask, cities:Cities, # the city table
+           n:int, # number of walks
+           rng:np.random.Generator, # the random stream (seeds the generator)
+           pool, # ids of the cities walks may visit
+           must=None, # start cities (each walk starts at a random one); `None`: uniform over the pool
+           starts=None, # the start city of each walk (overrides `must`)
+           progress:bool=False, # show a progress bar (from 200,000 walks)
+          )->np.ndarray:
+    "Walks over the `pool` cities; `must` (or `starts`) gives the start cities."
+    g, pool = self.graph(cities, pool)
+    pos = {c: k for k, c in enumerate(pool.tolist())}
+    if starts is None and must is not None and len(must): starts = np.asarray(must)[rng.integers(0, len(must), n)]
+    st = None if starts is None else np.array([pos[int(c)] for c in starts])
+    w, l = random_walks(g, n, self.max_len, int(rng.integers(2**62)), starts=st, progress=progress)
+    return np.where(w >= 0, pool[np.maximum(w, 0)], -1)
+
+# %% ../nbs/06_walks.ipynb #198e781b
+@patch
+def score(self:WalkTask, cities:Cities, # the city table
+          ids:np.ndarray, # the evaluated walks: their first city is the start
+          completions:list[str], # what the model wrote after `srd_<T>=c_<start>,`
+          reference=None, # unused: the floor needs no training answers
+          seed:int=0, # random seed of the floor's random walks
+         )->tuple[dict, pd.DataFrame]:
+    "Validity of walks continued from each row's start city, beside walks whose next cities are uniformly random."
+    rng = np.random.default_rng(seed)
+    starts = np.asarray(ids)[:, 0]
+    texts = [f"c_{s},{c}" for s, c in zip(starts, completions)]     # an immediate <eos> leaves "c_<start>," : invalid
+    walks = [parse_walk(x, len(cities)) for x in texts]
+    lengths = [min(len(w), self.max_len) if w is not None else int(rng.integers(2, self.max_len + 1)) for w in walks]
+    base = [[int(s)] + rng.integers(0, len(cities), L - 1).tolist() for s, L in zip(starts, lengths)]
+    m = dict(task=self.name, threshold_km=self.threshold_km, max_len=self.max_len, **walk_stats(cities, walks, self.threshold_km, self.max_len))
+    m['floor'] = dict(walk_stats(cities, base, self.threshold_km, self.max_len), rule='random next city')
+    table = pd.DataFrame(dict(start=starts, text=texts, valid=[w is not None and len(w) <= self.max_len for w in walks],
+                              length=[len(w) if w is not None else 0 for w in walks]))
+    return m, table
+
+# %% ../nbs/06_walks.ipynb #5732105c
 WALK = register(WalkTask())
 
-# %% ../nbs/06_walks.ipynb #4f74ca60
-def walk_neighbour_positions(walks:list, cities:Cities, idx, known)->tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Latitude, longitude of the mean known co-walker of each city in `idx` (given training walks), and whether it had any."
+# %% ../nbs/06_walks.ipynb #c6710221
+def _co_walkers(walks:list, n_cities:int, idx)->'scipy.sparse.csr_matrix':
+    "How many of `walks` each city of `idx` shares with each city: a sparse `(len(idx), n_cities)` matrix."
     from scipy.sparse import csr_matrix
     lens = np.fromiter(map(len, walks), np.int64, len(walks))
     W = csr_matrix((np.ones(lens.sum(), np.float32), np.concatenate(walks) if len(walks) else np.empty(0, np.int64),
-                    np.r_[0, np.cumsum(lens)]), shape=(len(walks), len(cities)))
+                    np.r_[0, np.cumsum(lens)]), shape=(len(walks), n_cities))
+    return (W[:, np.asarray(idx)].T @ W).tocsr()
+
+# %% ../nbs/06_walks.ipynb #a511b886
+def walk_neighbour_positions(walks:list, # training walks, lists of ids
+                             cities:Cities, # the city table
+                             idx, # the cities to place
+                             known, # the cities whose positions are trained on
+                            )->tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Latitude, longitude of the mean known co-walker of each city in `idx` (given training walks), and whether it had any."
     idx, known = np.asarray(idx), np.asarray(known)
     is_known = np.zeros(len(cities), bool); is_known[known] = True
-    co = (W[:, idx].T @ W).tocsr()                       # |idx| x cities: walks shared
+    co = _co_walkers(walks, len(cities), idx)            # |idx| x cities: walks shared
     cla, clo = spherical_centroid(cities.lat[known], cities.lon[known])
     la, lo, covered = np.full(len(idx), cla), np.full(len(idx), clo), np.zeros(len(idx), bool)
     for k, c in enumerate(idx):
@@ -237,11 +340,12 @@ def walk_neighbour_positions(walks:list, cities:Cities, idx, known)->tuple[np.nd
         if len(nb): la[k], lo[k] = spherical_centroid(cities.lat[nb], cities.lon[nb]); covered[k] = True
     return la, lo, covered
 
-# %% ../nbs/06_walks.ipynb #424fd285
+# %% ../nbs/06_walks.ipynb #62ad2069
 @patch
 def context_floors(self:LocTask, cities:Cities, # the city table
                    ids:np.ndarray, # the evaluated `loc` rows
-                   train:dict)->tuple[dict, dict]: # task name -> training rows' ids
+                   train:dict, # task name -> training rows' ids
+                  )->tuple[dict, dict]:
     "With walks in training: the walk-neighbour floor of the evaluated cities (and its coverage)."
     if 'walk' not in train or not len(train['walk']): return {}, {}
     walks = [list(r[r >= 0]) for r in train['walk']]
@@ -251,8 +355,11 @@ def context_floors(self:LocTask, cities:Cities, # the city table
              rule='mean position of the known cities sharing a training walk', coverage=float(cov.mean()))
     return {'walk_neighbours': m}, dict(walk_nbr_lat=la, walk_nbr_lon=lo)
 
-# %% ../nbs/06_walks.ipynb #09062941
-def plot_walk_lengths(lengths:np.ndarray, max_len:int=32, ax=None):
+# %% ../nbs/06_walks.ipynb #424fd285
+def plot_walk_lengths(lengths:np.ndarray, # cities per walk
+                      max_len:int=32, # the longest target length
+                      ax=None, # axes to draw on (default: a new figure)
+                     ):
     "Histogram of walk lengths (cities per walk) against the uniform target; returns `(fig, ax)`."
     import matplotlib.pyplot as plt
     if ax is None: fig, ax = plt.subplots(figsize=(7, 4))
