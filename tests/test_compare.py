@@ -1,7 +1,7 @@
 """Linear CKA between models (`wm_nb.compare`, `wm_cka`): CKA on synthetic representations whose value is known, and the
 console script end to end on two baby models trained through the CLI (plus a third on another city table), with its
 one-line refusals."""
-import json, os, subprocess, sys
+import json, os, re, subprocess, sys
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -136,19 +136,23 @@ def test_same_model_twice_over_two_checkpoints_shares_a_task(models):
     assert s['models'][1]['label'] == f'dist_baby-{ck.name}'
 
 
-def test_cli_bad_inputs_one_line_and_nothing_written(models):
+def test_bad_inputs_refused_before_any_work(models):
+    from wm_nb.compare import run_cka
     d, dist, angle, dist50 = models
-    cases = [((dist,), 'give two or more model folders'),
-             ((dist, d/'nope'), 'not found'),
-             ((dist, dist, '--out', 'x'), 'given twice'),
-             ((dist, dist50, '--out', 'x'), 'different city tables'),
-             ((dist, angle, '--position', 'middle', '--out', 'x'), '--position must be one of'),
-             ((dist, angle, '--task', 'distt', '--out', 'x'), "did you mean 'dist'")]
-    for args, msg in cases:
-        line = one_error_line(run('wm_cka', *args, cwd=d))
-        assert msg in line, line
+    cases = [((dist,), {}, 'give two or more model folders'), ((dist, d/'nope'), {}, 'not found'), ((dist, dist), {}, 'given twice'),
+             ((dist, dist50), {}, 'different city tables'), ((dist, angle), dict(position='middle'), '--position must be one of'),
+             ((dist, angle), dict(task='distt'), "did you mean 'dist'")]
+    for paths, kw, msg in cases:
+        with pytest.raises(WMError, match=re.escape(msg)): run_cka(list(paths), out=d/'x', **kw)
     assert not (d/'x').exists()
+
+
+def test_cli_errors_are_one_line_and_nothing_written(models):
+    d, dist, angle, dist50 = models
+    assert 'different city tables' in one_error_line(run('wm_cka', dist, dist50, cwd=d))
+    assert 'give two or more' in one_error_line(run('wm_cka', dist, cwd=d))
     foreign = d/'mine'; foreign.mkdir(); (foreign/'cka_layers.png').write_text('my notes\n')   # the last file written
     line = one_error_line(run('wm_cka', dist, angle, '--out', foreign, cwd=d))
     assert 'not written by wm_nb' in line and (foreign/'cka_layers.png').read_text() == 'my notes\n'
     assert sorted(p.name for p in foreign.iterdir()) == ['cka_layers.png']  # refused before anything was computed or written
+    assert not (d/'outputs'/'cka'/'dist_baby__dist50').exists()
