@@ -72,11 +72,15 @@ def test_matches_the_gram_matrix_definition(rng):
 
 def test_constant_representation_is_undefined_and_bad_shapes_refused(rng):
     X = rng.normal(size=(50, 4))
-    const = np.tile(rng.normal(size=(1, 6)), (50, 1)).astype(np.float32)   # float32 rounding must not fake a geometry
+    const = np.tile(rng.normal(size=(1, 6)), (50, 1))
     assert np.isnan(linear_cka(const, X)) and np.isnan(linear_cka(X, const))
+    rounded = (const*(1 + 1e-7*rng.normal(size=const.shape))).astype(np.float32)   # the same state up to float32 rounding:
+    assert np.isnan(linear_cka(rounded, X))                                        # no geometry to compare, not a CKA of noise
     for bad in [X[:10], X[:, 0], X[None]]:
         with pytest.raises(WMError, match='same 2\\+ items'): linear_cka(X, bad)
     assert list(layer_cka(np.stack([X, X]), np.stack([2*X]))) == pytest.approx([1.0])
+    Y = rng.normal(size=(50, 4))
+    assert list(layer_cka(np.stack([X, Y, X]), np.stack([-X, 3*Y]))) == pytest.approx([1.0, 1.0])   # layer k against layer k
 
 
 # --- wm_cka end to end ------------------------------------------------------------------------------------------------
@@ -126,7 +130,7 @@ def test_cli_task_and_position_options(models):
     assert (t[t.kind == 'untrained'].cka < 0.99).all()                     # the twins are two different random networks
 
 
-def test_same_model_twice_over_two_checkpoints_shares_a_task(models):
+def test_cli_same_model_at_two_checkpoints_shares_a_task(models):
     d, dist, _, _ = models
     ck = sorted((dist.parent/'checkpoints').glob('checkpoint-*'))[0]
     r = run('wm_cka', dist, ck, '--out', 'cka_ck', cwd=d)

@@ -60,6 +60,16 @@ def test_pool_graph_is_the_neighbour_graph_over_the_pool(default_cities):
     assert h.degree[1::3].sum() == 0
 
 
+def test_walk_pool_follows_the_mixture_rules():
+    from wm_nb.walktests import walk_pool
+    man = lambda held=(), new=(), mention=True, phase='pretrain': dict(spec=dict(phase=phase, tasks={'walk': dict(mention_heldout=mention)}),
+                                                                      heldout_cities=list(held), new_cities=list(new))
+    assert list(walk_pool(man(held=[1, 3]), 6)) == [0, 1, 2, 3, 4, 5]                  # held out from locations, walked through
+    assert list(walk_pool(man(held=[1, 3], mention=False), 6)) == [0, 2, 4, 5]
+    assert list(walk_pool(man(new=[5]), 6)) == [0, 1, 2, 3, 4]                          # new cities: pre-training never walks there
+    assert list(walk_pool(man(held=[1], new=[5], phase='finetune'), 6)) == [0, 1, 2, 3, 4, 5]
+
+
 def test_compression_pairs_reach_the_same_state(world):
     c, g = world
     pairs, log = compression_pairs(g, 40, seed=3)
@@ -193,6 +203,7 @@ def test_cli_end_to_end(trained):
     proc, untr = s['scores']['walk process'], s['scores']['untrained']
     assert proc['compression']['same_accepted']['mean'] == 1 and proc['distinction']['all']['recall']['mean'] == pytest.approx(1)
     assert untr['distinction']['all']['recall']['mean'] < 0.05
+    assert untr['next_city']['valid_mass']['mean'] < 1e-3 < s['scores']['trained']['next_city']['valid_mass']['mean']   # two different models
     assert s['scores']['trained']['distinction']['all']['recall']['n'] == 30
     t = pd.read_csv(out/'walktest_distinction.csv')
     assert len(t) == 3*30 and set(t.scorer) == set(s['scores']) and t.p1.str.split().map(len).between(2, 8).all()
