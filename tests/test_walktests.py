@@ -229,3 +229,15 @@ def test_cli_errors_are_one_line(trained):
     mine = d/'mine'; mine.mkdir(); (mine/'walktest.json').write_text('{}\n')      # the last file written
     line = one_error_line(run('wm_walktest', walk, '--n_pairs', '2', '--out', mine, cwd=d))
     assert 'not written by wm_nb' in line and sorted(p.name for p in mine.iterdir()) == ['walktest.json']
+
+
+def test_a_world_too_sparse_for_pairs_is_reported_not_hidden(default_cities):
+    from wm_nb.walktests import format_walktest
+    c = default_cities.subset(np.arange(40))
+    g = pool_graph(c, np.arange(40), 200)
+    assert g.degree.max() < 2                                                  # no city has two neighbours: no compression pair exists
+    r = walk_tests({'walk process': process_scorer(g, 40)}, g, c, n_pairs=3, max_prefix=4)
+    assert r['tries']['compression'] == {'no city with two neighbours': 1}
+    assert r['summary']['walk process']['compression']['same_accepted'] == dict(mean=None, se=None, n=0)
+    text = format_walktest(dict(checkpoint='m', threshold_km=200, n_pool=40, epsilon=0.01, scores=r['summary']))
+    assert '0 compression pairs' in text and 'n/a' in text

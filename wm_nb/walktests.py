@@ -112,7 +112,7 @@ def compression_pairs(g:NeighbourGraph, # the walks' graph
     "Up to `n` pairs of different prefixes with the same current city and visited set; and counts of the tries."
     rng = np.random.default_rng(seed)
     starts = np.flatnonzero(g.degree >= 2)
-    rows, log = [], Counter()
+    rows, log = [], Counter({'no city with two neighbours': 1} if not len(starts) else {})
     for _ in range(max_tries or 50*n):
         if len(rows) == n or not len(starts): break
         k = int(rng.integers(lengths[0], lengths[1] + 1))
