@@ -98,7 +98,8 @@ def local_links(text:str, # Markdown
     def _sub(m):
         page, anchor = m[1], (m[2] or '')[1:]
         if page not in anchors: return m[0]
-        return f"]({page}.ipynb{'#'+anchor if anchor in anchors[page] else ''})"
+        slug = re.sub(r'[^\w\- ]', '', anchor)      # the id myst gives the heading (GitHub's slug: `Task.score` -> taskscore)
+        return f"]({page}.ipynb{'#'+slug if anchor in anchors[page] else ''})"
     return re.sub(r'\]\(' + re.escape(doc_url) + r'([\w.-]+?)\.html(#[^)\s]*)?\)', _sub, text)
 
 # %% ../nbs/15_docs.ipynb #f3654749

@@ -125,7 +125,7 @@ def _ask(self:Experiment, cities=None, # a city or a list of cities (names, (nam
     from wm_nb.evaluate import generate_completions
     man = self.metrics.get('tasks') or [self.config.data.task]
     task = task or (next(iter(_PROMPT.match(prompt).groups()), None) if prompt and _PROMPT.match(prompt) else man[0])
-    t = get_task('walk', **self._walk_params()) if task == 'walk' else get_task(task)
+    t = get_task(task, **self._task_params(task))
     if prompt is not None:
         ids = np.array([[int(i) for i in _IDS.findall(prompt)]]) if t.kind != 'walk' else np.array([[int(_IDS.findall(prompt)[0])]])
     else:
@@ -154,15 +154,16 @@ def _hops_ok(cities, text, T):
     if w is None or len(w) < 2: return None
     return float((haversine_km(cities.lat[w[:-1]], cities.lon[w[:-1]], cities.lat[w[1:]], cities.lon[w[1:]]) <= T).mean())
 
-def _walk_params(self:Experiment)->dict:
-    d = self.config.data
-    spec = self.config.data.mixture
-    if isinstance(spec, dict) and 'walk' in spec.get('tasks', {}):
-        e = spec['tasks']['walk'] or {}
-        return {k: e[k] for k in ('threshold_km', 'max_len') if k in e}
-    return dict(threshold_km=d.threshold_km, max_len=d.max_len)
+def _task_params(self:Experiment, task:str)->dict:
+    "The parameters this run gave `task` (a walk's threshold and length): from its mixture spec, else its data options."
+    d, keys = self.config.data, get_task(task).params
+    spec = d.mixture
+    if isinstance(spec, dict) and task in spec.get('tasks', {}):
+        e = spec['tasks'][task] or {}
+        return {k: e[k] for k in keys if k in e}
+    return {k: getattr(d, k) for k in keys if hasattr(d, k)}
 
-Experiment.ask, Experiment._walk_params = _ask, _walk_params
+Experiment.ask, Experiment._task_params = _ask, _task_params
 
 # %% ../nbs/12c_runs.ipynb #81b5f1f4
 @call_parse
