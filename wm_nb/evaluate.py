@@ -56,12 +56,15 @@ def generate_completions(model, tok, # a causal LM and the wm_nb tokenizer
     return out
 
 # %% ../nbs/10_evaluate.ipynb #61bcc37e
-def evaluate_rows(model, tok, # a causal LM and the wm_nb tokenizer
+def evaluate_rows(model, # a causal LM
+                  tok, # the wm_nb tokenizer
                   task, # a `Task`
                   cities:Cities, # the city table
                   ids:np.ndarray, # the rows' city ids
                   reference=None, # training cities (loc) or training answers, for the floors
-                  batch_size:int=512, seed:int=0, progress:bool=False)->tuple[dict, pd.DataFrame]:
+                  batch_size:int=512, # prompts per generate() call
+                  seed:int=0, # seed of sampled tasks (walks) and of the random-city floor
+                  progress:bool=False)->tuple[dict, pd.DataFrame]: # show a progress bar
     "Generate completions for rows `ids` of `task` and score them; returns `(metrics, per-row table)`."
     t = time.perf_counter()
     comp = generate_completions(model, tok, task.eval_prompts(ids), batch_size, task.max_new_tokens(len(cities)), progress,
@@ -70,7 +73,12 @@ def evaluate_rows(model, tok, # a causal LM and the wm_nb tokenizer
     m, table = task.score(cities, ids, comp, reference, seed=seed)
     return dict(m, n=len(ids), seconds=secs), table
 
-def task_reference(task, cities:Cities, train_ids:np.ndarray, seed:int=0, n:int=100_000):
+# %% ../nbs/10_evaluate.ipynb #c05ba87b
+def task_reference(task, # a `Task`
+                   cities:Cities, # the city table
+                   train_ids:np.ndarray, # the city ids of the task's training rows
+                   seed:int=0, # seed of the sample
+                   n:int=100_000): # at most this many training answers
     "What `task`'s floor is computed from: its training cities (loc) or a sample of its training answers."
     if task.kind == 'position': return np.unique(train_ids[:, 0])
     if task.kind == 'walk' or len(train_ids) == 0: return None
@@ -86,7 +94,9 @@ def split_rows(ds, task:str|None=None)->tuple[np.ndarray, np.ndarray]:
     if task is not None: keep = tasks == task; tasks, ids = tasks[keep], ids[keep]
     return tasks, ids
 
-def describe_split(man:dict, split:str, task:str)->str:
+def describe_split(man:dict, # the dataset's manifest
+                   split:str, # a split name
+                   task:str)->str: # a task name
     "What the rows of `split` are for `task`: recall, unseen rows over known cities, held-out or new cities."
     if split == 'train': return 'recall (trained on)'
     one = get_task(task).k == (1, 1)
@@ -95,11 +105,17 @@ def describe_split(man:dict, split:str, task:str)->str:
     if task in man.get('validation_is_recall', []): return 'recall (known cities, trained on)'
     return 'rows over known cities, never trained on'
 
-# %% ../nbs/10_evaluate.ipynb #4e6e2580
-def evaluate_split(model, tok, dsd, man:dict, cities:Cities, # model, tokenizer, dataset, manifest, cities
+# %% ../nbs/10_evaluate.ipynb #793ae5d1
+def evaluate_split(model, # a causal LM
+                   tok, # the wm_nb tokenizer
+                   dsd, # the dataset (a `DatasetDict`)
+                   man:dict, # its manifest
+                   cities:Cities, # its city table
                    split:str='validation', # split to score
                    n:int|None=None, # a fixed random sample of this many rows per task (default: all)
-                   seed:int=0, batch_size:int=512, progress:bool=False,
+                   seed:int=0, # seed of the sample, the sampled walks and the random-city floor
+                   batch_size:int=512, # prompts per generate() call
+                   progress:bool=False, # show a progress bar
                    baselines:bool=True)->tuple[dict, dict]: # compute the floors (skipped during training)
     "Generate and score every task of `split`; returns `({task: metrics}, {task: per-row table})`."
     if split not in dsd: raise WMError(f"the dataset has no '{split}' split (it has {', '.join(dsd)}): choose one of those")
@@ -153,7 +169,8 @@ def format_metrics(m:dict)->str:
 
 # %% ../nbs/10_evaluate.ipynb #b5ebdfee
 def plot_error_cdf(table:pd.DataFrame, # per-city table of `loc` scoring
-                   ax=None, title:str='errors'):
+                   ax=None, # the axes to draw on (default: a new figure)
+                   title:str='errors'): # axes title
     "Cumulative share of cities within x km, for the model and the floors in `table`; returns the axes."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(5, 4))
@@ -166,8 +183,10 @@ def plot_error_cdf(table:pd.DataFrame, # per-city table of `loc` scoring
     ax.grid(alpha=0.3); ax.legend(fontsize=8, loc='upper left')
     return ax
 
+# %% ../nbs/10_evaluate.ipynb #510e2f7c
 def plot_error_map(table:pd.DataFrame, # per-city table with lat, lon, pred_lat, pred_lon, error_km
-                   title:str|None=None, ax=None):
+                   title:str|None=None, # figure title (default: how many cities answered)
+                   ax=None): # a cartopy axes to draw on (default: a new world map)
     "Every city's true position joined to its answer, coloured by error on data-driven limits; returns `(fig, ax)`."
     import cartopy.crs as ccrs, matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
@@ -187,7 +206,9 @@ def plot_error_map(table:pd.DataFrame, # per-city table with lat, lon, pred_lat,
     fig.colorbar(sc, ax=ax, shrink=0.7, pad=0.02, label='error (km)')
     return fig, ax
 
-def plot_location_errors(table:pd.DataFrame, title:str=''):
+# %% ../nbs/10_evaluate.ipynb #98138002
+def plot_location_errors(table:pd.DataFrame, # per-city table of `loc` scoring
+                         title:str=''): # title of the map
     "The error map and the cumulative error curve side by side; returns the figure."
     import matplotlib.pyplot as plt, cartopy.crs as ccrs
     fig = plt.figure(figsize=(15, 4.8))
@@ -215,7 +236,9 @@ def checkpoint_dataset(checkpoint:str|Path, dataset:str|Path|None=None)->str:
     if info is None: raise WMError(f"{checkpoint} does not record its dataset: pass --dataset PATH")
     return info['path']
 
-def crossed(checkpoint:str|Path, man:dict, split:str|None=None)->list[str]:
+def crossed(checkpoint:str|Path, # a model folder
+            man:dict, # the manifest of the dataset to evaluate on
+            split:str|None=None)->list[str]: # not used: every task of the dataset is compared
     "How a dataset differs from the one the model was trained on: other city table, tasks it never saw."
     info = trained_on(checkpoint)
     if info is None: return []
@@ -230,20 +253,44 @@ def crossed(checkpoint:str|Path, man:dict, split:str|None=None)->list[str]:
     return out
 
 # %% ../nbs/10_evaluate.ipynb #ca450275
-def eval_dir(checkpoint:Path, dataset:Path, split:str)->Path:
+def eval_dir(checkpoint:Path, # a model folder
+             dataset:Path, # the dataset folder evaluated on
+             split:str)->Path: # the split evaluated
     "The default output folder of an evaluation: `<experiment>/eval/<checkpoint>_<dataset>_<split>`."
     checkpoint = Path(checkpoint).resolve()
     inside = checkpoint.name == 'final' or checkpoint.parent.name in ('checkpoints', 'snapshots')
     root = (checkpoint.parent if checkpoint.name == 'final' else checkpoint.parent.parent) if inside else checkpoint
     return root/'eval'/f"{checkpoint.name}_{Path(dataset).name}_{split}"
 
+# %% ../nbs/10_evaluate.ipynb #d5b9a122
+def _task_figure(name:str, # the task
+                 table:pd.DataFrame, # its per-row table
+                 m:dict, # its metrics
+                 cities:Cities, # the city table
+                 model:str, # the model's name (its folder)
+                 where:str): # what was evaluated: `<dataset>/<split>`
+    "The figure of one task's evaluation and its file name: the error map of a position task, the walks map of a walk task, else `(None, None)`."
+    kind = get_task(name).kind
+    if kind == 'position':
+        return plot_location_errors(table, f"{model} on {where}: median {_f(m['median_km'], ',.0f')} km ({m['scored']})"), 'error_map.png'
+    if kind == 'walk':
+        from wm_nb.maps import plot_walks
+        from wm_nb.walks import parse_walk
+        ok = [parse_walk(x, len(cities)) for x in table.loc[table.valid, 'text']]
+        title = f"{model}: sampled walks ({_f(m['valid_rate'], '.0%')} valid, {_f(m['hops_within_T'], '.0%')} of hops <= {m['threshold_km']} km)"
+        return plot_walks(cities, ok, title=title)[0], 'walks_map.png'
+    return None, None
+
+# %% ../nbs/10_evaluate.ipynb #23ba4284
 def evaluate_checkpoint(checkpoint:str|Path, # a model folder
                         dataset:str|Path|None=None, # dataset folder (default: the one the model was trained on)
-                        split:str='validation', n:int|None=None, # split and sample size per task (default: all rows)
+                        split:str='validation', # split to score
+                        n:int|None=None, # a fixed random sample of this many rows per task (default: all)
                         out:str|Path|None=None, # output folder (default: `eval_dir`)
-                        batch_size:int=512, seed:int=0,
+                        batch_size:int=512, # prompts per generate() call
+                        seed:int=0, # seed of the sample, the sampled walks and the random-city floor
                         allow_other_data:bool=False, # evaluate on another city table or on tasks the model was not trained on
-                        progress:bool=True)->dict:
+                        progress:bool=True)->dict: # show a progress bar
     "Evaluate a model folder on a dataset split; writes metrics, per-row tables and figures; returns the metrics."
     from wm_nb.mixtures import load_dataset
     from wm_nb.maps import save_fig
@@ -255,28 +302,21 @@ def evaluate_checkpoint(checkpoint:str|Path, # a model folder
     if cross and not allow_other_data:
         raise WMError(f"{dataset} is not what {checkpoint} was trained on ({'; '.join(cross)}): pass --allow_other_data to evaluate anyway")
     out = Path(out) if out else eval_dir(checkpoint, dataset, split)
-    if split in dsd:
+    if split in dsd:                                   # before generating: refuse to replace what wm_nb did not write
         names = set(split_rows(dsd[split])[0])
         for f in ['metrics.json', 'error_map.png', 'walks_map.png', *(f"samples_{t}.csv" for t in names)]: check_replaceable(out/f)
     ms, tables = evaluate_split(model, tok, dsd, man, cities, split, n, seed, batch_size, progress)
     report = dict(checkpoint=str(checkpoint), dataset=str(dataset), split=split, crossed=cross, tasks=ms)
     for name, table in tables.items():
         with output_file(out/f"samples_{name}.csv") as tmp: table.to_csv(tmp, index=False)
-        if get_task(name).kind == 'position':
-            m = ms[name]
-            save_fig(plot_location_errors(table, f"{checkpoint.name} on {dataset.name}/{split}: median {_f(m['median_km'], ',.0f')} km ({m['scored']})"), out/'error_map.png')
-        if get_task(name).kind == 'walk':
-            from wm_nb.maps import plot_walks
-            from wm_nb.walks import parse_walk
-            ok = [parse_walk(x, len(cities)) for x in table.loc[table.valid, 'text']]
-            m = ms[name]
-            save_fig(plot_walks(cities, ok, title=f"{checkpoint.name}: sampled walks ({_f(m['valid_rate'], '.0%')} valid, {_f(m['hops_within_T'], '.0%')} of hops <= {m['threshold_km']} km)")[0],
-                     out/'walks_map.png')
+        fig, fname = _task_figure(name, table, ms[name], cities, checkpoint.name, f"{dataset.name}/{split}")
+        if fig is not None: save_fig(fig, out/fname)
     write_json(report, out/'metrics.json')
     report['out'] = str(out)
     return report
 
-def format_report(r:dict)->str:
+# %% ../nbs/10_evaluate.ipynb #c814c1dd
+def format_report(r:dict)->str: # a report of `evaluate_checkpoint`
     "The terminal report of `evaluate_checkpoint`."
     lines = [format_metrics(m) for m in r['tasks'].values()]
     if r['crossed']: lines.insert(0, 'CROSSED: ' + '; '.join(r['crossed']))

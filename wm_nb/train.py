@@ -23,12 +23,14 @@ from .interactive import save_interactive_map
 __all__ = ['HEADLINE', 'WORST', 'encode_texts', 'tokenize_dataset', 'AnswerOnlyCollator', 'data_spec', 'resolve_data',
            'best_metric', 'gen_eval_fn', 'model_card', 'train_experiment', 'finish', 'wm_train']
 
-# %% ../nbs/11_train.ipynb #b09ee874
+# %% ../nbs/11_train.ipynb #6ebc996e
 _LUT = np.full(256, -1, np.int64)
 for _i, _t in enumerate(VOCAB):
     if len(_t) == 1: _LUT[ord(_t)] = _i
 
-def encode_texts(texts:list[str], bos:int=0, eos:int=1)->tuple[np.ndarray, np.ndarray]:
+def encode_texts(texts:list[str], # texts in the 44-token language
+                 bos:int=0, # id of `<bos>`
+                 eos:int=1)->tuple[np.ndarray, np.ndarray]: # id of `<eos>`
     "Flat token ids of `<bos>` + text + `<eos>` for each text, and their offsets (vectorised; the tokenizer's ids)."
     b = ''.join(texts).encode('ascii', errors='replace')
     ids = _LUT[np.frombuffer(b, np.uint8)]
@@ -43,7 +45,10 @@ def encode_texts(texts:list[str], bos:int=0, eos:int=1)->tuple[np.ndarray, np.nd
     out[body] = ids
     return out, off
 
-def tokenize_dataset(dsd, tok, num_proc:int|None=None):
+# %% ../nbs/11_train.ipynb #394d529b
+def tokenize_dataset(dsd, # a `DatasetDict` with `text` and `prompt` columns
+                     tok, # the wm_nb tokenizer
+                     num_proc:int|None=None): # processes for `Dataset.map`
     "Add `input_ids` (`<bos>` text `<eos>`), `prompt_len` and `length` to every split."
     def enc(b):
         flat, off = encode_texts(b['text'], tok.bos_token_id, tok.eos_token_id)
@@ -110,14 +115,21 @@ def best_metric(cfg:ExperimentConfig, spec:dict)->tuple[str, bool]:
     if task not in present: raise WMError(f"train.best_metric {bm}: the {split} split has no {task} rows (it has {', '.join(present) or 'none'}); use auto or eval_loss")
     return f"eval_{bm}", metric in ('accuracy', 'valid_rate', 'parse_rate')
 
+# %% ../nbs/11_train.ipynb #bbcc98e3
 def _flat(prefix:str, ms:dict)->dict:
+    "Metrics of `evaluate_split` as one flat dict of floats to log, `<prefix><task>_<metric>`; a metric that cannot be computed is logged as its worst value."
     out = {}
     for task, m in ms.items():
         for k in ('parse_rate', 'median_km', 'mean_km', 'within_100km', 'mean_abs_err', 'median_rel_err', 'accuracy', 'valid_rate', 'hops_within_T'):
             if k in m: out[f"{prefix}{task}_{k}"] = WORST.get(k, 0.0) if m[k] is None else float(m[k])
     return out
 
-def gen_eval_fn(cfg, tok, dsd, man, cities):
+# %% ../nbs/11_train.ipynb #79545fd6
+def gen_eval_fn(cfg, # the resolved config (`eval` section)
+                tok, # the wm_nb tokenizer
+                dsd, # the dataset
+                man, # its manifest
+                cities): # its city table
     "A function model -> flat metrics of every task on the fixed evaluation sample (and tracked held-out / new splits)."
     split = cfg.eval.split if cfg.eval.split in dsd else 'train'
     tracked = [s for s in dsd if s.startswith(('heldout_', 'new_'))]
@@ -141,17 +153,11 @@ def _example(task:str, dsd, man:dict)->tuple[str, str]:
             return (t.eval_prompts(np.array([r['cities'][:1]]))[0], '(a sampled walk)') if t.sampled else (r['prompt'], r['completion'])
     return '', ''
 
-def model_card(cfg:ExperimentConfig, man:dict, dsd, cities, metrics:dict, params:int)->str:
-    "The model card of `final/` as markdown (with the Hugging Face metadata header)."
-    from huggingface_hub import ModelCard, ModelCardData
+# %% ../nbs/11_train.ipynb #1fce849d
+def _card_about(cfg:ExperimentConfig, man:dict, cities, metrics:dict, params:int)->str:
+    "The card's title, what the model is, and its training data."
     tasks = man['spec']['tasks']
-    rows = '\n'.join(f"| `{t}` | {e['n']} | `{_example(t, dsd, man)[0]}` | `{_example(t, dsd, man)[1]}` |" for t, e in tasks.items())
-    p, c = _example(next(iter(tasks)), dsd, man)
-    lines = []
-    for key, what in [('eval', None), ('eval_heldout', None), ('eval_train_cities', None)]:
-        for task, m in (metrics.get(key) or {}).items():
-            lines.append(_card_row(m))
-    card = f"""
+    return f"""
 # {cfg.name}
 
 A Llama-architecture decoder ({params:,} parameters; hidden {cfg.model.hidden_size}, {cfg.model.num_hidden_layers} layers, biases on the q, k, v and o projections) trained from scratch by [wm_nb](https://github.com/wm-nb/wm_nb) {package_version()} on synthetic text about {len(cities):,} cities, one character per token (44 tokens).
@@ -162,7 +168,15 @@ Dataset `{Path(str(metrics.get('dataset', ''))).name}`: {', '.join(f"{t} ({e['n'
 City table: {man['cities']['source']} ({man['cities']['n']:,} cities, fingerprint `{man['cities']['fingerprint']}`), shipped here as `cities.csv`: `c_<i>` is row `i`.
 {f"Held-out cities: {len(man['heldout_cities'])} (their coordinates were never trained on)." if man.get('heldout_cities') else ''}
 {f"Synthetic new cities: ids {man['new_cities'][0]}-{man['new_cities'][-1]}." if man.get('new_cities') else ''}
+"""
 
+# %% ../nbs/11_train.ipynb #4d9f22d8
+def _card_usage(dsd, man:dict)->str:
+    "The card's prompt formats (an example of each task) and its five-line example with plain transformers."
+    tasks = man['spec']['tasks']
+    rows = '\n'.join(f"| `{t}` | {e['n']} | `{_example(t, dsd, man)[0]}` | `{_example(t, dsd, man)[1]}` |" for t, e in tasks.items())
+    p, c = _example(next(iter(tasks)), dsd, man)
+    return f"""
 ## Prompt formats
 
 | task | training rows | prompt | completion |
@@ -178,26 +192,11 @@ ids = tok('{p}', return_tensors='pt')
 out = model.generate(**ids, max_new_tokens=12, do_sample=False)
 print(tok.decode(out[0, ids['input_ids'].shape[1]:], skip_special_tokens=True))   # truth: {c}
 ```
-
-## Metrics
-
-| task | split | rows are | model | floor |
-|---|---|---|---|---|
-{chr(10).join(lines)}
-
-## Config
-
-```yaml
-{_yaml(config_dict(cfg))}```
 """
-    data = ModelCardData(library_name='transformers', tags=['wm_nb', 'world-model', 'synthetic-cities'], pipeline_tag='text-generation')
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{card}"))
 
-def _yaml(d)->str:
-    import yaml
-    return yaml.safe_dump(d, sort_keys=False)
-
+# %% ../nbs/11_train.ipynb #419d0ea4
 def _card_row(m:dict)->str:
+    "One task's row of the card's metrics table: the model beside its floor."
     from wm_nb.evaluate import _f
     if 'median_km' in m: model, floor = f"median {_f(m['median_km'], ',.0f')} km", f"centroid: median {_f(m['floor']['median_km'], ',.0f')} km"
     elif 'accuracy' in m: model, floor = f"accuracy {_f(m['accuracy'], '.1%')}", f"always {m['floor']['answer']!r}: {_f(m['floor']['accuracy'], '.1%')}"
@@ -206,7 +205,78 @@ def _card_row(m:dict)->str:
     parse = f" (parse {_f(m['parse_rate'], '.1%')})" if 'parse_rate' in m else ''
     return f"| `{m['task']}` | {m.get('split')} | {m.get('scored')} | {model}{parse} | {floor} |"
 
-# %% ../nbs/11_train.ipynb #1fce849d
+def _card_metrics(metrics:dict)->str:
+    "The card's metrics table: every task of the evaluation, held-out and training-city reports."
+    lines = [_card_row(m) for key in ('eval', 'eval_heldout', 'eval_train_cities') for m in (metrics.get(key) or {}).values()]
+    return f"""
+## Metrics
+
+| task | split | rows are | model | floor |
+|---|---|---|---|---|
+{chr(10).join(lines)}
+"""
+
+# %% ../nbs/11_train.ipynb #24d7bb8b
+def _yaml(d)->str:
+    import yaml
+    return yaml.safe_dump(d, sort_keys=False)
+
+def model_card(cfg:ExperimentConfig, # the resolved config
+               man:dict, # the dataset's manifest
+               dsd, # the dataset (for the prompt examples)
+               cities, # the city table
+               metrics:dict, # the final metrics (see `finish`)
+               params:int)->str: # the model's number of parameters
+    "The model card of `final/` as markdown (with the Hugging Face metadata header)."
+    from huggingface_hub import ModelCard, ModelCardData
+    card = (_card_about(cfg, man, cities, metrics, params) + _card_usage(dsd, man) + _card_metrics(metrics)
+            + f"\n## Config\n\n```yaml\n{_yaml(config_dict(cfg))}```\n")
+    data = ModelCardData(library_name='transformers', tags=['wm_nb', 'world-model', 'synthetic-cities'], pipeline_tag='text-generation')
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{card}"))
+
+# %% ../nbs/11_train.ipynb #fa70a27f
+def _check_experiment(cfg:ExperimentConfig, resume:bool, overwrite:bool)->tuple[Path, Path, int, int]:
+    "Experiment folder, checkpoint folder, rank and world size, after the checks that need no dataset; nothing is written."
+    exp, ckpt_dir, rank, world = experiment_dirs(cfg, resume, overwrite, create=False)   # checks only: nothing written yet
+    spec = read_json(Path(cfg.data.dataset)/'manifest.json').get('spec') if cfg.data.dataset and (Path(cfg.data.dataset)/'manifest.json').exists() else None
+    if spec is not None or not cfg.data.dataset: best_metric(cfg, spec or data_spec(cfg))       # a bad train.best_metric stops here
+    return exp, ckpt_dir, rank, world
+
+# %% ../nbs/11_train.ipynb #79e23f21
+def _tokenized_data(cfg:ExperimentConfig, ckpt_dir:Path)->tuple:
+    "`resolve_data` and its splits tokenized (only the columns the collator reads); under torchrun the main process goes first."
+    from transformers import TrainingArguments
+    args0 = TrainingArguments(output_dir=str(ckpt_dir), use_cpu=not torch.cuda.is_available(), report_to='none')
+    with args0.main_process_first(desc='dataset'):
+        dsd, man, cities, tok, data_path = resolve_data(cfg)
+        tds = tokenize_dataset(dsd, tok).select_columns(['input_ids', 'prompt_len', 'length'])  # only what the collator reads
+    return dsd, man, cities, tok, data_path, tds
+
+# %% ../nbs/11_train.ipynb #6a84f684
+def _callbacks(cfg:ExperimentConfig, exp:Path, plan:dict)->tuple:
+    "The step counter and the callbacks of an experiment: the counter, the tracker's, the snapshot writer (if snapshots are on)."
+    counter = step_counter()
+    return counter, [counter] + tracking_callbacks(cfg) + ([snapshot_callback(exp, plan['snapshot_steps'], cfg.train.batch_size)] if plan['snapshot_steps'] else [])
+
+# %% ../nbs/11_train.ipynb #47dbc4c6
+def _make_trainer(cfg:ExperimentConfig, model, args, tok, tds, dsd, man:dict, cities, callbacks:list, metric:str):
+    "The Trainer of an experiment; generation-based evaluation (`gen_eval`) when the best metric or a tracked split needs it."
+    has_val = 'validation' in tds and tds['validation'].num_rows > 0
+    gen = gen_eval_fn(cfg, tok, dsd, man, cities) if metric != 'eval_loss' or any(s.startswith(('heldout_', 'new_')) for s in dsd) else None
+    return make_trainer_class()(model=model, args=args, train_dataset=tds['train'], eval_dataset=tds['validation'] if has_val else None,
+                                data_collator=AnswerOnlyCollator(tok.pad_token_id, cfg.train.loss), processing_class=tok, callbacks=callbacks,
+                                gen_eval=gen)
+
+def _run_training(trainer, counter, ckpt_dir:Path, resume:bool, rank:int, progress:bool)->tuple:
+    "Train (from the last complete checkpoint with `resume`); returns the Trainer's output, the seconds it took and what this process ran."
+    t0 = time.time()
+    last = checkpoints(ckpt_dir)[-1] if resume else None
+    if last is not None and rank == 0 and progress: print(f"resuming from {last}")
+    out = trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
+    secs = time.time() - t0
+    return out, secs, dict(steps_run=counter.n, resumed_from_step=int(last.name.split('-')[-1]) if last is not None else 0)
+
+# %% ../nbs/11_train.ipynb #d8b051f3
 def train_experiment(cfg:ExperimentConfig, # the resolved config
                      resume:bool=False, # continue from the last checkpoint
                      overwrite:bool=False, # delete the experiment (one wm_nb wrote) and start again
@@ -215,15 +285,10 @@ def train_experiment(cfg:ExperimentConfig, # the resolved config
     if cfg.data.task == 'arxiv':   # the arXiv K-category experiment: random windows, same trainer pieces
         from wm_nb.arxiv_train import train_arxiv
         return train_arxiv(cfg, resume, overwrite, progress)
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
     quiet_libraries()
-    exp, ckpt_dir, rank, world = experiment_dirs(cfg, resume, overwrite, create=False)   # checks only: nothing written yet
-    spec = read_json(Path(cfg.data.dataset)/'manifest.json').get('spec') if cfg.data.dataset and (Path(cfg.data.dataset)/'manifest.json').exists() else None
-    if spec is not None or not cfg.data.dataset: metric, greater = best_metric(cfg, spec or data_spec(cfg))
-    args0 = TrainingArguments(output_dir=str(ckpt_dir), use_cpu=not torch.cuda.is_available(), report_to='none')
-    with args0.main_process_first(desc='dataset'):
-        dsd, man, cities, tok, data_path = resolve_data(cfg)
-        tds = tokenize_dataset(dsd, tok).select_columns(['input_ids', 'prompt_len', 'length'])  # only what the collator reads
+    exp, ckpt_dir, rank, world = _check_experiment(cfg, resume, overwrite)
+    dsd, man, cities, tok, data_path, tds = _tokenized_data(cfg, ckpt_dir)
     metric, greater = best_metric(cfg, man['spec'])
     if rank == 0: experiment_dirs(cfg, resume, overwrite); save_config(cfg, exp/'config.yaml')
     report_to = setup_tracking(cfg, exp)
@@ -240,26 +305,93 @@ def train_experiment(cfg:ExperimentConfig, # the resolved config
     params = n_params(model)
     if rank == 0 and progress: print(f"{cfg.name}: {params:,} parameters; {len(lengths):,} training rows ({', '.join(man['tasks'])}), {plan['steps_per_epoch']} steps/epoch, "
                                      f"{plan['max_steps']} steps ({plan['epochs']:.1f} epochs) of {t.batch_size}")
-    counter = step_counter()
-    callbacks = [counter] + tracking_callbacks(cfg) + ([snapshot_callback(exp, plan['snapshot_steps'], t.batch_size)] if plan['snapshot_steps'] else [])
-    trainer = make_trainer_class()(model=model, args=args, train_dataset=tds['train'], eval_dataset=tds['validation'] if has_val else None,
-                                   data_collator=AnswerOnlyCollator(tok.pad_token_id, t.loss), processing_class=tok, callbacks=callbacks,
-                                   gen_eval=gen_eval_fn(cfg, tok, dsd, man, cities) if metric != 'eval_loss' or any(s.startswith(('heldout_', 'new_')) for s in dsd) else None)
-    t0 = time.time()
-    last = checkpoints(ckpt_dir)[-1] if resume else None
-    if last is not None and rank == 0 and progress: print(f"resuming from {last}")
-    out = trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
-    secs = time.time() - t0
-    run = dict(steps_run=counter.n, resumed_from_step=int(last.name.split('-')[-1]) if last is not None else 0)
+    counter, callbacks = _callbacks(cfg, exp, plan)
+    trainer = _make_trainer(cfg, model, args, tok, tds, dsd, man, cities, callbacks, metric)
+    out, secs, run = _run_training(trainer, counter, ckpt_dir, resume, rank, progress)
     metrics = finish(cfg, trainer, out, secs, exp, tok, dsd, man, cities, data_path, params, plan, world, progress, run) if rank == 0 else {}
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier(); torch.distributed.destroy_process_group()   # no rank exits while rank 0 still writes
     return metrics
 
-# %% ../nbs/11_train.ipynb #fa70a27f
-def finish(cfg, trainer, out, secs, exp, tok, dsd, man, cities, data_path, params, plan, world, progress=True, run=None)->dict:
-    "Rank 0 after training: final model folder, evaluation, figures and metrics."
+# %% ../nbs/11_train.ipynb #7bf3f323
+def _final_evaluation(ev, # split -> `({task: metrics}, {task: table})`
+                      dsd, # the dataset (its split names)
+                      pos:list, # the position tasks (their tables are drawn on the map)
+                      split:str)->tuple[dict, dict]: # the evaluation split
+    "The final reports `eval`, `eval_heldout` (by split) and, with position tasks, `eval_train_cities`; and the per-row tables to write."
+    evals = {}
+    evals['eval'], tables = ev(split)
+    evals['eval_heldout'] = {}
+    for s in [s for s in dsd if s.startswith(('heldout_', 'new_'))]:
+        m, tab = ev(s)
+        for task, mm in m.items(): evals['eval_heldout'][s] = mm            # a held-out split holds one task
+        for t in pos:
+            if t in tab: tables[f"{s}_{t}"] = tab[t]
+    if pos and split != 'train':                                          # recall of every training city, drawn on the map
+        evals['eval_train_cities'], tt = ev('train')
+        for t in pos: tables[f'train_{t}'] = tt[t]
+    return evals, tables
+
+# %% ../nbs/11_train.ipynb #03d6019e
+def _write_tables(exp:Path, tables:dict)->list[str]:
+    "`eval_samples_<key>.csv` for each table; returns the names written."
+    written = []
+    for k, table in tables.items():
+        with output_file(exp/f"eval_samples_{k}.csv") as tmp: table.to_csv(tmp, index=False)
+        written.append(f"eval_samples_{k}.csv")
+    return written
+
+# %% ../nbs/11_train.ipynb #c29a6c62
+def _map_table(tables:dict, pos:list, split:str)->tuple[str, str]|None:
+    "The table the error map draws, and what its rows are: held-out cities first, then every training city (recall), then the evaluation split."
+    keys = [(f"heldout_{t}_{t}", 'held-out cities') for t in pos] + [(f"train_{t}", 'training cities (recall)') for t in pos] + [(t, split) for t in pos]
+    return next(((k, w) for k, w in keys if k in tables), None)
+
+def _figures(cfg:ExperimentConfig, exp:Path, tables:dict, pos:list, split:str, hist:list, evals:dict)->list[str]:
+    "`error_map.png` and `error_map.html` (if there is a map to draw) and `curves.png` with each task's floor; returns the names written."
     from wm_nb.maps import save_fig
+    written, key = [], _map_table(tables, pos, split)
+    if key:
+        save_fig(plot_location_errors(tables[key[0]], f"{cfg.name}: {key[1]}"), exp/'error_map.png'); written.append('error_map.png')
+        save_interactive_map(tables[key[0]], exp/'error_map.html', f"{cfg.name}: {key[1]}"); written.append('error_map.html')
+    floors = {f"eval_{t}_{HEADLINE[get_task(t).kind]}": (m.get('floor') or {}).get(HEADLINE[get_task(t).kind]) for t, m in evals.items()}
+    save_fig(plot_curves(hist, floors, cfg.name), exp/'curves.png'); written.append('curves.png')
+    return written
+
+# %% ../nbs/11_train.ipynb #53341dec
+def _save_final(trainer, tok, cities, exp:Path, data_path, man:dict, card:str):
+    "`final/`, written atomically: the best model, its tokenizer, its city table, its dataset (path relative to `final/`) and its model card."
+    with atomic_dir(exp/'final', overwrite=True) as f:
+        trainer.save_model(str(f)); tok.save_pretrained(str(f))
+        (f/'training_args.bin').unlink(missing_ok=True)        # a pickle: not needed to use the model, unsafe to load from others
+        cities.to_csv(f/'cities.csv')
+        write_json(dict(path=os.path.relpath(Path(data_path).resolve(), (exp/'final').resolve()), manifest=man), f/'wm_dataset.json')
+        (f/'README.md').write_text(card)
+
+def _print_report(exp:Path, metrics:dict, written:list[str]):
+    "The closing summary: every final report, and the files written."
+    for key in ('eval', 'eval_heldout', 'eval_train_cities'):
+        for m in (metrics.get(key) or {}).values(): print(format_metrics(m))
+    print(f"written {exp}/: config.yaml, final/ (model, tokenizer, README.md, cities.csv), metrics.json, log_history.json, {', '.join(written)}"
+          + (", snapshots/" if (exp/'snapshots').exists() else ''))
+
+# %% ../nbs/11_train.ipynb #38a0819b
+def finish(cfg, # the resolved config
+           trainer, # the Trainer after training (holding the best model)
+           out, # what `trainer.train` returned
+           secs, # seconds of training
+           exp, # the experiment folder
+           tok, # the tokenizer
+           dsd, # the dataset
+           man, # its manifest
+           cities, # its city table
+           data_path, # the dataset folder
+           params, # the model's number of parameters
+           plan, # from `plan_steps`
+           world, # number of processes
+           progress=True, # print the reports and the files written
+           run=None)->dict: # what this process ran: `steps_run`, `resumed_from_step`
+    "Rank 0 after training: final model folder, evaluation, figures and metrics."
     hist = trainer.state.log_history
     write_json(hist, exp/'log_history.json')
     split = cfg.eval.split if cfg.eval.split in dsd else 'train'
@@ -268,42 +400,14 @@ def finish(cfg, trainer, out, secs, exp, tok, dsd, man, cities, data_path, param
                    final_train_loss=float(out.training_loss), best_checkpoint=trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
                    best_metric=trainer.args.metric_for_best_model, steps=plan, dataset=os.path.relpath(Path(data_path).resolve(), exp.resolve()),
                    tasks=man['tasks'], wm_nb_version=package_version(), world_size=world, **(run or {}))
-    metrics['eval'], tables = ev(split)
-    held = [s for s in dsd if s.startswith(('heldout_', 'new_'))]
-    metrics['eval_heldout'] = {}
     pos = [t for t in man['tasks'] if get_task(t).kind == 'position']      # tasks about one city's position (loc)
-    for s in held:
-        m, tab = ev(s)
-        for task, mm in m.items(): metrics['eval_heldout'][f"{s}"] = mm
-        for t in pos:
-            if t in tab: tables[f"{s}_{t}"] = tab[t]
-    if pos and split != 'train':                                          # recall of every training city, drawn on the map
-        metrics['eval_train_cities'], tt = ev('train')
-        for t in pos: tables[f'train_{t}'] = tt[t]
-    written = []
-    for k, table in tables.items():
-        with output_file(exp/f"eval_samples_{k}.csv") as tmp: table.to_csv(tmp, index=False)
-        written.append(f"eval_samples_{k}.csv")
-    keys = [(f"heldout_{t}_{t}", 'held-out cities') for t in pos] + [(f"train_{t}", 'training cities (recall)') for t in pos] + [(t, split) for t in pos]
-    key = next(((k, w) for k, w in keys if k in tables), None)
-    if key:
-        save_fig(plot_location_errors(tables[key[0]], f"{cfg.name}: {key[1]}"), exp/'error_map.png'); written.append('error_map.png')
-        save_interactive_map(tables[key[0]], exp/'error_map.html', f"{cfg.name}: {key[1]}"); written.append('error_map.html')
-    floors = {f"eval_{t}_{HEADLINE[get_task(t).kind]}": (m.get('floor') or {}).get(HEADLINE[get_task(t).kind]) for t, m in metrics['eval'].items()}
-    save_fig(plot_curves(hist, floors, cfg.name), exp/'curves.png'); written.append('curves.png')
-    with atomic_dir(exp/'final', overwrite=True) as f:
-        trainer.save_model(str(f)); tok.save_pretrained(str(f))
-        (f/'training_args.bin').unlink(missing_ok=True)        # a pickle: not needed to use the model, unsafe to load from others
-        cities.to_csv(f/'cities.csv')
-        write_json(dict(path=os.path.relpath(Path(data_path).resolve(), (exp/'final').resolve()), manifest=man), f/'wm_dataset.json')
-        (f/'README.md').write_text(model_card(cfg, man, dsd, cities, metrics, params))
+    evals, tables = _final_evaluation(ev, dsd, pos, split)
+    metrics.update(evals)
+    written = _write_tables(exp, tables) + _figures(cfg, exp, tables, pos, split, hist, metrics['eval'])
+    _save_final(trainer, tok, cities, exp, data_path, man, model_card(cfg, man, dsd, cities, metrics, params))
     write_json(dict(path=metrics['dataset'], manifest=man), exp/'wm_dataset.json')
     write_json(metrics, exp/'metrics.json')
-    if progress:
-        for key in ('eval', 'eval_heldout', 'eval_train_cities'):
-            for m in (metrics.get(key) or {}).values(): print(format_metrics(m))
-        print(f"written {exp}/: config.yaml, final/ (model, tokenizer, README.md, cities.csv), metrics.json, log_history.json, {', '.join(written)}"
-              + (", snapshots/" if (exp/'snapshots').exists() else ''))
+    if progress: _print_report(exp, metrics, written)
     return metrics
 
 # %% ../nbs/11_train.ipynb #f887a6c5

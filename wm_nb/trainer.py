@@ -12,7 +12,7 @@ from .config import ExperimentConfig, load_config, config_dict
 
 # %% auto #0
 __all__ = ['build_model', 'n_params', 'check_model_folder', 'load_model', 'load_weights', 'plan_steps', 'setup_tracking',
-           'tracking_callbacks', 'snapshot_callback', 'step_counter', 'snapshots', 'checkpoints', 'experiment_dirs',
+           'tracking_callbacks', 'snapshots', 'snapshot_callback', 'step_counter', 'checkpoints', 'experiment_dirs',
            'training_args', 'make_trainer_class', 'plot_curves', 'run_row', 'load_runs', 'plot_runs']
 
 # %% ../nbs/09a_trainer.ipynb #6f467cdb
@@ -112,16 +112,27 @@ def setup_tracking(cfg:ExperimentConfig, # the resolved config
         make_dirs(exp_dir/'wandb')
     return [cfg.train.report_to]
 
+# %% ../nbs/09a_trainer.ipynb #a0bfb525
 def tracking_callbacks(cfg:ExperimentConfig)->list: # the resolved config
     "Callbacks that hand the resolved wm_nb config to the tracker."
     from transformers import TrainerCallback
     class WandbConfig(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
+        def on_train_begin(self, args, # TrainingArguments
+                           state, # TrainerState
+                           control, # TrainerControl
+                           **kw):
             import wandb
             if wandb.run is not None and state.is_world_process_zero: wandb.config.update({'wm_nb': config_dict(cfg)}, allow_val_change=True)
     return [WandbConfig()] if cfg.train.report_to == 'wandb' else []
 
 # %% ../nbs/09a_trainer.ipynb #ea472925
+def snapshots(exp:str|Path)->list[Path]: # an experiment folder
+    "The snapshot folders of an experiment, in step order."
+    d = Path(exp)/'snapshots'
+    found = [p for p in d.glob('step-*') if (p/'snapshot.json').exists() and p.name.split('-')[-1].isdigit()] if d.exists() else []
+    return sorted(found, key=lambda p: int(p.name.split('-')[-1]))
+
+# %% ../nbs/09a_trainer.ipynb #7f5e3edd
 def snapshot_callback(exp:Path, # the experiment folder
                       every:int, # steps between snapshots (0: none)
                       batch_size:int): # global batch (rows per step)
@@ -138,28 +149,34 @@ def snapshot_callback(exp:Path, # the experiment folder
             with atomic_dir(d) as tmp:
                 model.save_pretrained(str(tmp))
                 write_json(dict(step=state.global_step, rows_seen=state.global_step*batch_size, seconds=secs), tmp/'snapshot.json')
-        def on_train_begin(self, args, state, control, model=None, **kw):
+        def on_train_begin(self, args, # TrainingArguments
+                           state, # TrainerState
+                           control, # TrainerControl
+                           model=None, # the model being trained
+                           **kw):
             self.t0 = time.perf_counter()
             done = snapshots(exp)             # a resumed run counts on from its last snapshot's time
             if done and state.global_step: self.base = read_json(done[-1]/'snapshot.json')['seconds']
             if state.global_step == 0: self._save(state, model)
-        def on_step_end(self, args, state, control, model=None, **kw):
+        def on_step_end(self, args, # TrainingArguments
+                        state, # TrainerState
+                        control, # TrainerControl
+                        model=None, # the model being trained
+                        **kw):
             if every and state.global_step % every == 0: self._save(state, model)
     return Snapshots()
 
+# %% ../nbs/09a_trainer.ipynb #bad161d3
 def step_counter():
     "A callback counting the optimizer steps this process ran (`.n`): a resumed run runs only the remaining ones."
     from transformers import TrainerCallback
     class StepCounter(TrainerCallback):
         n = 0
-        def on_step_end(self, args, state, control, **kw): self.n += 1
+        def on_step_end(self, args, # TrainingArguments
+                        state, # TrainerState
+                        control, # TrainerControl
+                        **kw): self.n += 1
     return StepCounter()
-
-def snapshots(exp:str|Path)->list[Path]: # an experiment folder
-    "The snapshot folders of an experiment, in step order."
-    d = Path(exp)/'snapshots'
-    found = [p for p in d.glob('step-*') if (p/'snapshot.json').exists() and p.name.split('-')[-1].isdigit()] if d.exists() else []
-    return sorted(found, key=lambda p: int(p.name.split('-')[-1]))
 
 # %% ../nbs/09a_trainer.ipynb #6726140c
 _CKPT_FILES = ('trainer_state.json', 'optimizer.pt', 'scheduler.pt', 'config.json')
@@ -212,20 +229,34 @@ def training_args(cfg:ExperimentConfig, # the resolved config
         ddp_find_unused_parameters=False, ddp_backend='gloo' if not torch.cuda.is_available() and world > 1 else None)
     return TrainingArguments(**dict(args, **kw))
 
+# %% ../nbs/09a_trainer.ipynb #bc3b725f
+def _quiet_progress():
+    "The Trainer's progress bar, showing the training loss instead of printing each log dict."
+    from transformers.trainer_callback import ProgressCallback
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, # TrainingArguments
+                   state, # TrainerState
+                   control, # TrainerControl
+                   logs=None, # the values logged at this step
+                   **kw):
+            if state.is_world_process_zero and self.training_bar is not None and logs and 'loss' in logs:
+                self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
+    return QuietProgress
+
+# %% ../nbs/09a_trainer.ipynb #1cb58da4
 def make_trainer_class():
     "A Trainer whose `evaluate` also runs a hook (`gen_eval`: model -> metrics) and which keeps log dicts off the terminal."
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    class QuietProgress(ProgressCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            if state.is_world_process_zero and self.training_bar is not None and logs and 'loss' in logs:
-                self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
+    QuietProgress = _quiet_progress()
     class WMTrainer(Trainer):
         def __init__(self, *args, gen_eval=None, callbacks=None, **kw):
             super().__init__(*args, callbacks=callbacks, **kw); self.gen_eval = gen_eval
             for c in (PrinterCallback, ProgressCallback): self.remove_callback(c)
             if not self.args.disable_tqdm: self.add_callback(QuietProgress)
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix='eval'):
+        def evaluate(self, eval_dataset=None, # the dataset to compute the loss on (default: the Trainer's)
+                     ignore_keys=None, # output keys to ignore (as in `Trainer.evaluate`)
+                     metric_key_prefix='eval'): # prefix of the metric names
             metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix) if self.eval_dataset is not None else {}
             if self.gen_eval is not None:
                 g = {f"{metric_key_prefix}_{k}": v for k, v in self.gen_eval(self.model).items()}
@@ -258,7 +289,7 @@ def plot_curves(history:list[dict], # the Trainer's log history
     return fig
 
 # %% ../nbs/09a_trainer.ipynb #ef30621a
-def run_row(path:Path)->dict:
+def run_row(path:Path)->dict: # an experiment folder with `metrics.json`
     "One row of `load_runs` for an experiment folder."
     m = read_json(path/'metrics.json')
     row = dict(run=path.name, tasks=','.join(m.get('tasks', [])) or f"arxiv K={m.get('k')}", params=m.get('params'), steps=m.get('global_step'),
@@ -275,6 +306,7 @@ def run_row(path:Path)->dict:
         row[f'{t}_best_probe_r2'] = v.get('r2') if v['reached'] else v['best_r2']
     return row
 
+# %% ../nbs/09a_trainer.ipynb #d2779e51
 def load_runs(folder:str|Path='outputs/experiments')->pd.DataFrame: # a folder of experiments
     "One row per finished experiment under `folder`."
     folder = Path(folder)
@@ -283,10 +315,12 @@ def load_runs(folder:str|Path='outputs/experiments')->pd.DataFrame: # a folder o
     if not rows: raise WMError(f"{folder} holds no finished experiment (no <run>/metrics.json)")
     return pd.DataFrame(rows).set_index('run')
 
+# %% ../nbs/09a_trainer.ipynb #39a18ba6
 def plot_runs(folder_or_paths, # a folder of experiments, or a list of experiment folders
               y:str='loss', # a logged value: loss, eval_loss, eval_<task>_<metric>, ...
               x:str='step', # step, rows_seen or minutes
-              ax=None, logy:bool|None=None):
+              ax=None, # the axes to draw on (default: a new figure)
+              logy:bool|None=None): # log scale (default: for values in km and errors)
     "The curve of `y` of each run on one axes; returns the figure."
     import matplotlib.pyplot as plt
     paths = [Path(p) for p in folder_or_paths] if isinstance(folder_or_paths, (list, tuple)) else \
