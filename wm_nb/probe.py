@@ -19,14 +19,16 @@ from .trainer import load_model, snapshots
 # %% auto #0
 __all__ = ['POSITIONS', 'MAP_R2', 'probe_prompts', 'hidden_states', 'check_disjoint', 'probe_layers', 'untrained_like',
            'city_states', 'run_probe', 'probe_split', 'plot_probe_layers', 'probe_table_frame',
-           'plot_truth_probe_generated', 'plot_new_cities', 'probe_dir', 'probe_model', 'format_probe',
-           'probe_experiment', 'time_to_map', 'plot_probe_over_training', 'multilaterate', 'multilateration_floor',
-           'wm_probe']
+           'plot_truth_probe_generated', 'plot_new_cities', 'probe_dir', 'probe_model', 'format_probe', 'time_to_map',
+           'plot_probe_over_training', 'probe_experiment', 'multilaterate', 'multilateration_floor', 'wm_probe']
 
 # %% ../nbs/12_probe.ipynb #cc634aaa
 POSITIONS = ('after', 'concat', 'digit')
 
-def probe_prompts(task, idx, position:str='after')->tuple[list[str], np.ndarray]:
+def probe_prompts(task, # the `Task` whose prompt is read
+                  idx, # city ids
+                  position:str='after', # 'after' (the token after the id), 'digit' (its last digit) or 'concat' (both)
+                 )->tuple[list[str], np.ndarray]:
     "Prompt prefixes of `task` for city ids `idx` and the token positions `(n, 1 or 2)` of each city's state."
     if position not in POSITIONS: raise WMError(f"--position must be one of {', '.join(POSITIONS)}, got {position!r}")
     prompts = [task.probe_prefix(i) for i in np.asarray(idx).tolist()]
@@ -36,10 +38,13 @@ def probe_prompts(task, idx, position:str='after')->tuple[list[str], np.ndarray]
 
 # %% ../nbs/12_probe.ipynb #f105b5a1
 @torch.no_grad()
-def hidden_states(model, tok, # a causal LM and the wm_nb tokenizer
+def hidden_states(model, # a causal LM
+                  tok, # the wm_nb tokenizer
                   prompts:list[str], # prompts
                   positions, # `(n, k)` token positions per prompt (states at several positions are concatenated)
-                  batch_size:int=512, progress:bool=False)->np.ndarray:
+                  batch_size:int=512, # prompts per forward pass
+                  progress:bool=False, # show a progress bar
+                 )->np.ndarray:
     "States of every layer at `positions`: shape `(n_layers + 1, n_prompts, k * hidden)`; index 0 is the embedding output."
     was = model.training; model.eval()
     dev = next(model.parameters()).device
@@ -100,7 +105,15 @@ def untrained_like(model, seed:int=0):
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(model.config).to(next(model.parameters()).device)
 
-def city_states(model, tok, cities:Cities, idx, task, position:str='after', batch_size:int=512, progress:bool=False)->np.ndarray:
+def city_states(model, # a causal LM
+                tok, # the wm_nb tokenizer
+                cities:Cities, # the city table (its length sets the rows)
+                idx, # the city ids to run through the model
+                task, # the `Task` whose prompt is read
+                position:str='after', # 'after', 'digit' or 'concat' (see `probe_prompts`)
+                batch_size:int=512, # prompts per forward pass
+                progress:bool=False, # show a progress bar
+               )->np.ndarray:
     "States `(layers, len(cities), hidden)` with row = city id, filled for the cities `idx`."
     idx = np.asarray(idx)
     prompts, pos = probe_prompts(task, idx, position)
@@ -108,9 +121,17 @@ def city_states(model, tok, cities:Cities, idx, task, position:str='after', batc
     full = np.zeros((s.shape[0], len(cities), s.shape[2]), np.float32); full[:, idx] = s
     return full
 
-def run_probe(model, tok, cities:Cities, fit_idx, test_idx, # model, tokenizer, city table, fit and test city ids
-              task='loc', position:str='after', # the prompt's task (a name or a `Task`) and the state's position
-              seed:int=0, batch_size:int=512, progress:bool=False,
+# %% ../nbs/12_probe.ipynb #ac00b7d8
+def run_probe(model, # a causal LM
+              tok, # the wm_nb tokenizer
+              cities:Cities, # the city table
+              fit_idx, # ids of the cities the probes are fitted on
+              test_idx, # ids of the cities they are scored on
+              task='loc', # the prompt's task (a name or a `Task`)
+              position:str='after', # the state's position: 'after', 'digit' or 'concat'
+              seed:int=0, # seed of the untrained control and the shuffle
+              batch_size:int=512, # prompts per forward pass
+              progress:bool=False, # show a progress bar
               untrained=None, # the untrained control's states (computed if not given)
               probes:list|None=None)->dict: # probes to apply instead of fitting (the trained model's)
     "Probe table (per layer: trained, untrained, shuffled), the trained probe's test predictions per layer, and the probes."
@@ -132,7 +153,11 @@ def run_probe(model, tok, cities:Cities, fit_idx, test_idx, # model, tokenizer, 
                 task=task.name, position=position, best_layer=int(table.fit_loo_r2.idxmax()), untrained_states=untrained)
 
 # %% ../nbs/12_probe.ipynb #049d3f9c
-def probe_split(man:dict, n_cities:int, n_test:int=500, seed:int=0)->tuple[np.ndarray, np.ndarray, str]:
+def probe_split(man:dict, # a dataset's manifest (held-out and new cities, tasks)
+                n_cities:int, # cities in the table
+                n_test:int=500, # test cities to leave out of the fit when the dataset holds none out
+                seed:int=0, # seed of that random choice
+               )->tuple[np.ndarray, np.ndarray, str]:
     "Fit and test city ids of a probe for a dataset's manifest, and what the test cities are."
     new = np.asarray(man.get('new_cities', []), np.int64)
     real = np.setdiff1d(np.arange(n_cities), new)
@@ -161,7 +186,13 @@ def plot_probe_layers(table:pd.DataFrame, title:str=''):
     fig.tight_layout()
     return fig
 
-def probe_table_frame(cities:Cities, idx, preds_xyz, gen_lat=None, gen_lon=None)->pd.DataFrame:
+# %% ../nbs/12_probe.ipynb #47660f4f
+def probe_table_frame(cities:Cities, # the city table
+                      idx, # city ids of the rows
+                      preds_xyz, # the probe's predictions `(len(idx), 3)`, unit vectors
+                      gen_lat=None, # the generated answers' latitudes, if any
+                      gen_lon=None, # and longitudes
+                     )->pd.DataFrame:
     "Per-city table of truth, probe prediction (and generated answer) in degrees with errors."
     la, lo = latlon_from_xyz(preds_xyz)
     t = pd.DataFrame(dict(city=idx, name=cities.name[idx], lat=cities.lat[idx], lon=cities.lon[idx], pred_lat=la, pred_lon=lo,
@@ -171,7 +202,12 @@ def probe_table_frame(cities:Cities, idx, preds_xyz, gen_lat=None, gen_lon=None)
         t['gen_error_km'] = haversine_km(cities.lat[idx], cities.lon[idx], gen_lat, gen_lon)
     return t
 
-def plot_truth_probe_generated(table:pd.DataFrame, title:str|None=None, max_cities:int=150, seed:int=0):
+# %% ../nbs/12_probe.ipynb #7d05d806
+def plot_truth_probe_generated(table:pd.DataFrame, # `probe_table_frame` with the generated answers
+                               title:str|None=None, # default: says how many cities are drawn
+                               max_cities:int=150, # draw a seeded sample of at most this many
+                               seed:int=0, # seed of the sample
+                              ):
     "Per city: truth (black), probe prediction (blue) and generated answer (red), joined to the truth; returns `(fig, ax)`."
     import cartopy.crs as ccrs
     from wm_nb.maps import world_map
@@ -190,7 +226,9 @@ def plot_truth_probe_generated(table:pd.DataFrame, title:str|None=None, max_citi
 
 # %% ../nbs/12_probe.ipynb #decc5fb3
 def plot_new_cities(table:pd.DataFrame, # per-city rows of the new cities: lat, lon, pred_lat, pred_lon
-                    title:str='', pad_deg:float=8.0): # title; margin around the points in degrees
+                    title:str='', # default: how many cities
+                    pad_deg:float=8.0, # margin around the points in degrees
+                   ):
     "Truth (black) and probe reading (blue) of new cities, joined, on a regional map; returns `(fig, ax)`."
     import cartopy.crs as ccrs, matplotlib.pyplot as plt
     from wm_nb.maps import land_feature
@@ -210,69 +248,133 @@ def probe_dir(checkpoint:Path, dataset:Path)->Path:
     from wm_nb.evaluate import eval_dir
     return eval_dir(checkpoint, dataset, 'x').parent.parent/'probe'/f"{Path(checkpoint).resolve().name}_{Path(dataset).name}"
 
+def _probe_files(tasks:list[str])->list[str]:
+    "Every file a probe of `tasks` may write."
+    return ['probe_layers.csv', 'probe.json', 'probe_vs_generated.png',
+            *(f"{k}_{t}.{e}" for t in tasks for k, e in [('probe_cities', 'csv'), ('probe_layers', 'png'), ('probe_map', 'png'), ('probe_new_cities', 'png')])]
+
+# %% ../nbs/12_probe.ipynb #55b283b1
+def _probe_tasks(man:dict, tasks:list[str]|None)->tuple[dict, list[str]]:
+    "Each task's parameters in the dataset of manifest `man`, and the tasks to probe (default: all of the dataset's)."
+    params = {k: e['params'] for k, e in man['spec']['tasks'].items()}
+    tasks = list(tasks or man['tasks'])
+    bad = [t for t in tasks if t not in params]
+    if bad: raise WMError(f"--tasks {bad[0]}: the dataset has no {bad[0]} rows (it has {', '.join(params)}); probe a task the model was trained on")
+    return params, tasks
+
+# %% ../nbs/12_probe.ipynb #779bf272
+def _layer_summary(table:pd.DataFrame, # `run_probe`'s table
+                   best:int, # the chosen layer
+                  )->dict:
+    "The probe at layer `best` beside its controls, the best test R² of any layer, and every layer's row."
+    return dict(best_layer=best, r2=float(table.r2[best]), median_km=float(table.median_km[best]), untrained_r2=float(table.untrained_r2[best]),
+                shuffled_r2=float(table.shuffled_r2[best]), max_r2=float(table.r2.max()), layers=table.to_dict(orient='records'))
+
+# %% ../nbs/12_probe.ipynb #19060b1c
+def _with_generated(model, tok, # the probed model and its tokenizer
+                    cities:Cities, test, # the city table and the test city ids
+                    task, # a location task (kind 'position')
+                    batch_size:int, # prompts per generate() call
+                    preds, # the probe's test predictions `(len(test), 3)`
+                   )->tuple[pd.DataFrame, float|None]:
+    "The per-city table of the test cities with the generated answers beside the probe's, and their median error."
+    from wm_nb.evaluate import generate_completions
+    comp = generate_completions(model, tok, task.eval_prompts(test[:, None]), batch_size, task.max_new_tokens(len(cities)))
+    la, lo = task.parse(comp).T
+    per_city = probe_table_frame(cities, test, preds, la, lo)
+    return per_city, (float(np.nanmedian(per_city.gen_error_km)) if np.isfinite(per_city.gen_error_km).any() else None)
+
+# %% ../nbs/12_probe.ipynb #220e69ca
+def _new_city_probe(model, tok, # the probed model and its tokenizer
+                    cities:Cities, new, # the city table and the new city ids
+                    task, position:str, batch_size:int, # as in `city_states`
+                    probe, layer:int, # the fitted probe of the chosen layer, and that layer
+                   )->tuple[pd.DataFrame, dict]:
+    "Where `probe` reads the new cities in `model`: their per-city table (`kind='new'`), and their R², median km and centre."
+    from sklearn.metrics import r2_score
+    st = city_states(model, tok, cities, new, task, position, batch_size)
+    pn = probe.predict(st[layer][new])
+    en = haversine_km(cities.lat[new], cities.lon[new], *latlon_from_xyz(pn))
+    s = dict(new_median_km=float(np.median(en)), new_r2=float(r2_score(unit_xyz(cities.lat[new], cities.lon[new]), pn)),
+             new_centre_lat=float(latlon_from_xyz(pn.mean(0))[0]), new_centre_lon=float(latlon_from_xyz(pn.mean(0))[1]))
+    return probe_table_frame(cities, new, pn).assign(kind='new'), s
+
+# %% ../nbs/12_probe.ipynb #a58d3a1e
+def _probe_task(model, tok, src, # the probed model, its tokenizer, and the model to fit the probes on (None: `model`)
+                cities:Cities, fit, test, new, # the city table; fit, test and new city ids
+                task, position:str, seed:int, batch_size:int, progress:bool, # as in `run_probe`
+               )->tuple[pd.DataFrame, dict, pd.DataFrame]:
+    "One task's probe of `model`: its layer table, its summary and its per-city table."
+    fitted = run_probe(src, tok, cities, fit, test, task, position, seed, batch_size)['probes'] if src is not None else None
+    r = run_probe(model, tok, cities, fit, test, task, position, seed, batch_size, progress, probes=fitted)
+    table, best = r['table'], r['best_layer']
+    s = _layer_summary(table, best)
+    per_city = probe_table_frame(cities, test, r['preds'][best])
+    if task.kind == 'position':                   # the model's own answer for the same cities, beside the probe's
+        per_city, s['generated_median_km'] = _with_generated(model, tok, cities, test, task, batch_size, r['preds'][best])
+    if len(new):
+        pn, sn = _new_city_probe(model, tok, cities, new, task, position, batch_size, r['probes'][best], best)
+        s.update(sn)
+        per_city = pd.concat([per_city.assign(kind='test'), pn], ignore_index=True)
+    return table, s, per_city
+
+# %% ../nbs/12_probe.ipynb #64285782
+def _save_probe_task(out:Path, name:str, # the output folder and the task's name
+                     title:str, # the layer figure's title
+                     table:pd.DataFrame, s:dict, per_city:pd.DataFrame, # `_probe_task`'s results
+                    ):
+    "Write one task's per-city table, its layer figure and maps (and those of new cities and generated answers) into `out`."
+    from wm_nb.evaluate import plot_error_map
+    from wm_nb.maps import save_fig
+    best = s['best_layer']
+    with output_file(out/f"probe_cities_{name}.csv") as tmp: per_city.to_csv(tmp, index=False)
+    new = per_city[per_city.kind == 'new'] if 'kind' in per_city else per_city.iloc[:0]
+    if len(new): save_fig(plot_new_cities(new, f"{name} prompt, layer {best}: {len(new)} new cities, median {s['new_median_km']:,.0f} km")[0],
+                          out/f"probe_new_cities_{name}.png")
+    save_fig(plot_probe_layers(table, title), out/f"probe_layers_{name}.png")
+    save_fig(plot_error_map(per_city, f"probe of {name} states at layer {best}: truth -> prediction, median {table.median_km[best]:,.0f} km")[0], out/f"probe_map_{name}.png")
+    if 'gen_lat' in per_city: save_fig(plot_truth_probe_generated(per_city)[0], out/'probe_vs_generated.png')
+
+# %% ../nbs/12_probe.ipynb #6ea85693
 def probe_model(checkpoint:str|Path, # a model folder
                 dataset:str|Path|None=None, # dataset folder (default: the one the model was trained on)
                 tasks:list[str]|None=None, # prompts to read states from (default: every task the model was trained on)
-                position:str='after', n_test:int=500, seed:int=0, batch_size:int=512,
+                position:str='after', # state at the token after the id ('after'), the last digit ('digit') or both ('concat')
+                n_test:int=500, # cities left out of the probe's fit when the dataset holds none out
+                seed:int=0, # seed of the split, the untrained control and the shuffle
+                batch_size:int=512, # prompts per forward pass
                 out:str|Path|None=None, # output folder (default: `probe_dir`)
                 probe_from:str|Path|None=None, # fit the probes on this model's states (e.g. before fine-tuning) and apply them here
-                allow_other_data:bool=False, progress:bool=True)->dict:
+                allow_other_data:bool=False, # probe on another city table or tasks the model was not trained on
+                progress:bool=True, # show a progress bar
+               )->dict:
     "Probe a model folder with both controls; write tables, JSON and maps; returns the summary."
-    from wm_nb.evaluate import generate_completions, checkpoint_dataset, crossed, plot_error_map
+    from wm_nb.evaluate import checkpoint_dataset, crossed
     from wm_nb.mixtures import load_dataset
-    from wm_nb.maps import save_fig
     checkpoint = Path(checkpoint)
     model, tok = load_model(checkpoint)
     dataset = Path(checkpoint_dataset(checkpoint, dataset))
     dsd, man, cities = load_dataset(dataset)
     cross = crossed(checkpoint, man)
     if cross and not allow_other_data: raise WMError(f"{dataset} is not what {checkpoint} was trained on ({'; '.join(cross)}): pass --allow_other_data to probe anyway")
-    params = {k: e['params'] for k, e in man['spec']['tasks'].items()}
-    tasks = list(tasks or man['tasks'])
-    bad = [t for t in tasks if t not in params]
-    if bad: raise WMError(f"--tasks {bad[0]}: the dataset has no {bad[0]} rows (it has {', '.join(params)}); probe a task the model was trained on")
+    params, tasks = _probe_tasks(man, tasks)
     fit, test, what = probe_split(man, len(cities), n_test, seed)
     new = np.asarray(man.get('new_cities', []), np.int64)
     src = load_model(probe_from)[0] if probe_from else None
     out = Path(out) if out else probe_dir(checkpoint, dataset)
-    for f in ['probe_layers.csv', 'probe.json', 'probe_vs_generated.png', *(f"{k}_{t}.{e}" for t in tasks for k, e in [('probe_cities', 'csv'), ('probe_layers', 'png'), ('probe_map', 'png'), ('probe_new_cities', 'png')])]:
-        check_replaceable(out/f)                                  # all of them before anything is computed
+    for f in _probe_files(tasks): check_replaceable(out/f)                                  # all of them before anything is computed
     tables, summary = [], dict(checkpoint=str(checkpoint), dataset=str(dataset), position=position, n_fit=int(len(fit)), n_test=int(len(test)),
                               test_cities=what, seed=seed, crossed=cross, probe_from=str(probe_from) if probe_from else None, tasks={})
     for name in tasks:
-        task = get_task(name, **params[name])
-        fitted = run_probe(src, tok, cities, fit, test, task, position, seed, batch_size)['probes'] if src is not None else None
-        r = run_probe(model, tok, cities, fit, test, task, position, seed, batch_size, progress, probes=fitted)
-        table, best = r['table'], r['best_layer']
-        tables.append(table)
-        s = dict(best_layer=best, r2=float(table.r2[best]), median_km=float(table.median_km[best]), untrained_r2=float(table.untrained_r2[best]),
-                 shuffled_r2=float(table.shuffled_r2[best]), max_r2=float(table.r2.max()), layers=table.to_dict(orient='records'))
-        per_city = probe_table_frame(cities, test, r['preds'][best])
-        if task.kind == 'position':                   # the model's own answer for the same cities, beside the probe's
-            comp = generate_completions(model, tok, task.eval_prompts(test[:, None]), batch_size, task.max_new_tokens(len(cities)))
-            la, lo = task.parse(comp).T
-            per_city = probe_table_frame(cities, test, r['preds'][best], la, lo)
-            s['generated_median_km'] = float(np.nanmedian(per_city.gen_error_km)) if np.isfinite(per_city.gen_error_km).any() else None
-        if len(new):
-            st = city_states(model, tok, cities, new, task, position, batch_size)
-            pn = r['probes'][best].predict(st[best][new])
-            en = haversine_km(cities.lat[new], cities.lon[new], *latlon_from_xyz(pn))
-            from sklearn.metrics import r2_score
-            s.update(new_median_km=float(np.median(en)), new_r2=float(r2_score(unit_xyz(cities.lat[new], cities.lon[new]), pn)),
-                     new_centre_lat=float(latlon_from_xyz(pn.mean(0))[0]), new_centre_lon=float(latlon_from_xyz(pn.mean(0))[1]))
-            per_city = pd.concat([per_city.assign(kind='test'), probe_table_frame(cities, new, pn).assign(kind='new')], ignore_index=True)
-        with output_file(out/f"probe_cities_{name}.csv") as tmp: per_city.to_csv(tmp, index=False)
-        if len(new): save_fig(plot_new_cities(per_city[per_city.kind == 'new'], f"{name} prompt, layer {best}: {len(new)} new cities, median {s['new_median_km']:,.0f} km")[0],
-                              out/f"probe_new_cities_{name}.png")
-        save_fig(plot_probe_layers(table, f"{checkpoint.name}: {name} prompt, {len(test):,} test cities"), out/f"probe_layers_{name}.png")
-        save_fig(plot_error_map(per_city, f"probe of {name} states at layer {best}: truth -> prediction, median {table.median_km[best]:,.0f} km")[0], out/f"probe_map_{name}.png")
-        if 'gen_lat' in per_city: save_fig(plot_truth_probe_generated(per_city)[0], out/'probe_vs_generated.png')
-        summary['tasks'][name] = s
+        table, s, per_city = _probe_task(model, tok, src, cities, fit, test, new, get_task(name, **params[name]), position, seed, batch_size, progress)
+        _save_probe_task(out, name, f"{checkpoint.name}: {name} prompt, {len(test):,} test cities", table, s, per_city)
+        tables.append(table); summary['tasks'][name] = s
     with output_file(out/'probe_layers.csv') as tmp: pd.concat(tables).to_csv(tmp, index=False)
     write_json(summary, out/'probe.json')
     summary['out'] = str(out)
     return summary
 
+# %% ../nbs/12_probe.ipynb #f3b94aa1
 def format_probe(s:dict)->str:
     "The per-layer tables as text."
     lines = [f"probe of {s['checkpoint']} (state {s['position']} the id): fit on {s['n_fit']:,} cities, scored on {s['n_test']:,} ({s['test_cities']})"]
@@ -285,53 +387,8 @@ def format_probe(s:dict)->str:
                      (f"; new cities: R² {t['new_r2']:.2f}, median {t['new_median_km']:,.0f} km" if 'new_r2' in t else ''))
     return "\n".join(lines + ([f"written {s['out']}/"] if 'out' in s else []))
 
-# %% ../nbs/12_probe.ipynb #55b283b1
+# %% ../nbs/12_probe.ipynb #aef052bc
 MAP_R2 = 0.8
-
-def probe_experiment(exp:str|Path, # an experiment folder with snapshots/
-                     tasks:list[str]|None=None, position:str='after', n_test:int=500, seed:int=0, batch_size:int=512,
-                     progress:bool=True)->dict:
-    "Probe every snapshot of an experiment; write the R²-over-training table and figure; returns the summary with the time to map."
-    from wm_nb.evaluate import trained_on
-    from wm_nb.mixtures import load_dataset
-    from wm_nb.maps import save_fig
-    exp = Path(exp)
-    snaps = snapshots(exp)
-    if not snaps: raise WMError(f"{exp} has no snapshots/: train with --train.snapshot_every N (steps, or a fraction of an epoch) to probe across training")
-    info = trained_on(snaps[0])
-    if info is None: raise WMError(f"{exp} does not record its dataset (no wm_dataset.json): was it written by wm_train?")
-    dsd, man, cities = load_dataset(info['path'])
-    params = {k: e['params'] for k, e in man['spec']['tasks'].items()}
-    tasks = list(tasks or man['tasks'])
-    fit, test, what = probe_split(man, len(cities), n_test, seed)
-    rows = []
-    from wm_nb.tokenizer import load_tokenizer
-    tok = None
-    untrained = {}
-    for snap in tqdm(snaps, desc='snapshots', disable=not progress):
-        model, tok = load_model(snap)
-        meta = read_json(snap/'snapshot.json')
-        for name in tasks:
-            task = get_task(name, **params[name])
-            if name not in untrained: untrained[name] = city_states(untrained_like(model, seed), tok, cities, np.r_[fit, test], task, position, batch_size)
-            r = run_probe(model, tok, cities, fit, test, task, position, seed, batch_size, untrained=untrained[name])
-            t, best = r['table'], r['best_layer']
-            rows.append(dict(meta, task=name, best_layer=best, r2=float(t.r2[best]), median_km=float(t.median_km[best]),
-                             shuffled_r2=float(t.shuffled_r2[best]), untrained_r2=float(t.untrained_r2[best]),
-                             **{f"r2_layer{l}": float(v) for l, v in zip(t.layer, t.r2)}))
-    df = pd.DataFrame(rows)
-    out = exp/'probe'/'over_training'
-    with output_file(out/'probe_over_training.csv') as tmp: df.to_csv(tmp, index=False)
-    hist = read_json(exp/'log_history.json') if (exp/'log_history.json').exists() else []
-    ttm = time_to_map(df)
-    summary = dict(experiment=str(exp), position=position, n_fit=int(len(fit)), n_test=int(len(test)), test_cities=what, snapshots=len(snaps),
-                   threshold_r2=MAP_R2, time_to_map=ttm)
-    save_fig(plot_probe_over_training(df, hist, f"{exp.name}: probe R² on {len(test):,} test cities ({what})"), out/'probe_over_training.png')
-    write_json(summary, out/'probe_over_training.json')
-    if (exp/'metrics.json').exists():
-        m = read_json(exp/'metrics.json'); m['time_to_map'] = ttm; write_json(m, exp/'metrics.json')
-    summary['out'] = str(out)
-    return summary
 
 def time_to_map(df:pd.DataFrame, threshold:float=MAP_R2)->dict:
     "Per task: the first snapshot whose probe R² reaches `threshold` (step, rows, minutes), or the best R² reached."
@@ -343,10 +400,11 @@ def time_to_map(df:pd.DataFrame, threshold:float=MAP_R2)->dict:
                      if len(hit) else dict(reached=False, best_r2=float(best.r2), best_step=int(best.step), rows_seen=int(g.rows_seen.max()), minutes=float(g.seconds.max())/60))
     return out
 
-# %% ../nbs/12_probe.ipynb #47992ba8
+# %% ../nbs/12_probe.ipynb #2eaad4d3
 def plot_probe_over_training(df:pd.DataFrame, # `probe_experiment`'s table
                              history:list|None=None, # the run's log history (loss and task metrics)
-                             title:str=''):
+                             title:str='', # the top panel's title
+                            ):
     "Probe R² (chosen layer, every layer, controls) against rows seen, above the loss and task-metric curves; returns the figure."
     import matplotlib.pyplot as plt
     metric_keys = sorted({k for h in history or [] for k in h if k.startswith('eval_') and k.endswith(('_median_km', '_mean_abs_err', '_accuracy'))})
@@ -377,6 +435,71 @@ def plot_probe_over_training(df:pd.DataFrame, # `probe_experiment`'s table
     fig.tight_layout()
     return fig
 
+# %% ../nbs/12_probe.ipynb #a78fed7b
+def _snapshot_row(meta:dict, # the snapshot's `snapshot.json`
+                  task:str, # the task's name
+                  r:dict, # `run_probe`'s result
+                 )->dict:
+    "One row of the over-training table."
+    t, best = r['table'], r['best_layer']
+    return dict(meta, task=task, best_layer=best, r2=float(t.r2[best]), median_km=float(t.median_km[best]),
+                shuffled_r2=float(t.shuffled_r2[best]), untrained_r2=float(t.untrained_r2[best]),
+                **{f"r2_layer{l}": float(v) for l, v in zip(t.layer, t.r2)})
+
+# %% ../nbs/12_probe.ipynb #1a92c3fc
+def _probe_snapshots(snaps:list[Path], # snapshot folders, in step order
+                     tasks:list[str], params:dict, # the tasks to probe and each one's parameters
+                     cities:Cities, fit, test, # the city table, fit and test city ids
+                     position:str, seed:int, batch_size:int, progress:bool, # as in `run_probe`
+                    )->pd.DataFrame:
+    "The over-training table: one `_snapshot_row` per snapshot and task."
+    rows, untrained = [], {}
+    for snap in tqdm(snaps, desc='snapshots', disable=not progress):
+        model, tok = load_model(snap)
+        meta = read_json(snap/'snapshot.json')
+        for name in tasks:
+            task = get_task(name, **params[name])
+            if name not in untrained: untrained[name] = city_states(untrained_like(model, seed), tok, cities, np.r_[fit, test], task, position, batch_size)
+            r = run_probe(model, tok, cities, fit, test, task, position, seed, batch_size, untrained=untrained[name])
+            rows.append(_snapshot_row(meta, name, r))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/12_probe.ipynb #e955f813
+def probe_experiment(exp:str|Path, # an experiment folder with snapshots/
+                     tasks:list[str]|None=None, # prompts to read states from (default: every task the model was trained on)
+                     position:str='after', # state at the token after the id ('after'), the last digit ('digit') or both ('concat')
+                     n_test:int=500, # cities left out of the probe's fit when the dataset holds none out
+                     seed:int=0, # seed of the split, the untrained control and the shuffle
+                     batch_size:int=512, # prompts per forward pass
+                     progress:bool=True, # show a progress bar over the snapshots
+                    )->dict:
+    "Probe every snapshot of an experiment; write the R²-over-training table and figure; returns the summary with the time to map."
+    from wm_nb.evaluate import trained_on
+    from wm_nb.mixtures import load_dataset
+    from wm_nb.maps import save_fig
+    exp = Path(exp)
+    snaps = snapshots(exp)
+    if not snaps: raise WMError(f"{exp} has no snapshots/: train with --train.snapshot_every N (steps, or a fraction of an epoch) to probe across training")
+    info = trained_on(snaps[0])
+    if info is None: raise WMError(f"{exp} does not record its dataset (no wm_dataset.json): was it written by wm_train?")
+    dsd, man, cities = load_dataset(info['path'])
+    params = {k: e['params'] for k, e in man['spec']['tasks'].items()}
+    tasks = list(tasks or man['tasks'])
+    fit, test, what = probe_split(man, len(cities), n_test, seed)
+    df = _probe_snapshots(snaps, tasks, params, cities, fit, test, position, seed, batch_size, progress)
+    out = exp/'probe'/'over_training'
+    with output_file(out/'probe_over_training.csv') as tmp: df.to_csv(tmp, index=False)
+    hist = read_json(exp/'log_history.json') if (exp/'log_history.json').exists() else []
+    ttm = time_to_map(df)
+    summary = dict(experiment=str(exp), position=position, n_fit=int(len(fit)), n_test=int(len(test)), test_cities=what, snapshots=len(snaps),
+                   threshold_r2=MAP_R2, time_to_map=ttm)
+    save_fig(plot_probe_over_training(df, hist, f"{exp.name}: probe R² on {len(test):,} test cities ({what})"), out/'probe_over_training.png')
+    write_json(summary, out/'probe_over_training.json')
+    if (exp/'metrics.json').exists():
+        m = read_json(exp/'metrics.json'); m['time_to_map'] = ttm; write_json(m, exp/'metrics.json')
+    summary['out'] = str(out)
+    return summary
+
 # %% ../nbs/12_probe.ipynb #fc23a106
 def _fibonacci(n:int)->tuple[np.ndarray, np.ndarray]:
     k = np.arange(n) + 0.5
@@ -396,8 +519,11 @@ def multilaterate(cities:Cities, # the city table (known cities' positions are u
     r = least_squares(f, x0, bounds=([-90, -540], [90, 540]))
     return float(r.x[0]), float((r.x[1] + 180) % 360 - 180)
 
-def multilateration_floor(cities:Cities, dist_rows:np.ndarray, # `(n, 2)` city ids of training `dist` rows
-                          targets, known)->pd.DataFrame: # held-out city ids, known city ids
+def multilateration_floor(cities:Cities, # the city table
+                          dist_rows:np.ndarray, # `(n, 2)` city ids of training `dist` rows
+                          targets, # held-out city ids
+                          known, # known city ids
+                         )->pd.DataFrame:
     "Per held-out city: the position its training distance rows to known cities determine, and its error."
     from wm_nb.tasks import get_task
     km = get_task('dist').answers(cities, dist_rows)

@@ -8,6 +8,7 @@ import re, json
 from pathlib import Path
 import numpy as np, pandas as pd
 from fastcore.script import call_parse
+from fastcore.basics import patch
 from .core import WMError, cli_errors, read_json
 from .cities import Cities, load_cities
 from .tasks import get_task, TASKS
@@ -17,7 +18,7 @@ from .trainer import load_model, checkpoints, snapshots, load_runs, plot_runs, r
 # %% auto #0
 __all__ = ['Experiment', 'load_experiment', 'wm_sample']
 
-# %% ../nbs/12c_runs.ipynb #35f649d8
+# %% ../nbs/12c_runs.ipynb #22ba31f5
 class Experiment:
     "An experiment folder written by `wm_train`: config, metrics, history, samples, cities, checkpoints; the model on first use."
     def __init__(self, path:str|Path): # the experiment folder (outputs/experiments/<name>)
@@ -29,51 +30,58 @@ class Experiment:
         self.metrics = read_json(p/'metrics.json') if (p/'metrics.json').exists() else {}
         self._model = self._cities = None
     def __repr__(self): return f"Experiment({self.path}: {self.summary_line()})"
-
-    @property
-    def history(self)->pd.DataFrame:
-        "Every logged value (loss, learning rate, evaluations) as one row per logging step."
-        h = read_json(self.path/'log_history.json') if (self.path/'log_history.json').exists() else []
-        return pd.DataFrame(h)
-    @property
-    def samples(self)->dict:
-        "The per-row tables of the final evaluation, by name (`loc`, `train_loc`, `heldout_loc_loc`, ...)."
-        return {f.stem[len('eval_samples_'):]: pd.read_csv(f, keep_default_na=False, na_values=['']) for f in sorted(self.path.glob('eval_samples_*.csv'))}
     @property
     def checkpoints(self)->list[Path]: return checkpoints(self.path/'checkpoints')
     @property
     def snapshots(self)->list[Path]: return snapshots(self.path)
-    @property
-    def cities(self)->Cities:
-        "The city table the model was trained on (`final/cities.csv`)."
-        if self._cities is None:
-            f = self.path/'final'/'cities.csv'
-            if not f.exists(): raise WMError(f"{self.path} has no final/cities.csv: the run did not finish (train it again, or --resume it)")
-            self._cities = load_cities(f, min_population=0, keep_order=True)
-        return self._cities
-    @property
-    def model(self):
-        "The final model (loaded on first use)."
-        if self._model is None: self._model = load_model(self.path/'final')
-        return self._model[0]
-    @property
-    def tokenizer(self):
-        self.model
-        return self._model[1]
 
-def _map(self:Experiment, which:str|None=None): # a samples table name (default: held-out, else training cities)
+def load_experiment(path:str|Path)->Experiment: # an experiment folder (or its final/)
+    "Open a run: `load_experiment('outputs/experiments/default')`."
+    return Experiment(path)
+
+# %% ../nbs/12c_runs.ipynb #5af75455
+@patch(as_prop=True)
+def history(self:Experiment)->pd.DataFrame:
+    "Every logged value (loss, learning rate, evaluations) as one row per logging step."
+    h = read_json(self.path/'log_history.json') if (self.path/'log_history.json').exists() else []
+    return pd.DataFrame(h)
+
+@patch(as_prop=True)
+def samples(self:Experiment)->dict:
+    "The per-row tables of the final evaluation, by name (`loc`, `train_loc`, `heldout_loc_loc`, ...)."
+    return {f.stem[len('eval_samples_'):]: pd.read_csv(f, keep_default_na=False, na_values=['']) for f in sorted(self.path.glob('eval_samples_*.csv'))}
+
+# %% ../nbs/12c_runs.ipynb #67726a34
+@patch(as_prop=True)
+def cities(self:Experiment)->Cities:
+    "The city table the model was trained on (`final/cities.csv`)."
+    if self._cities is None:
+        f = self.path/'final'/'cities.csv'
+        if not f.exists(): raise WMError(f"{self.path} has no final/cities.csv: the run did not finish (train it again, or --resume it)")
+        self._cities = load_cities(f, min_population=0, keep_order=True)
+    return self._cities
+
+@patch(as_prop=True)
+def model(self:Experiment):
+    "The final model (loaded on first use)."
+    if self._model is None: self._model = load_model(self.path/'final')
+    return self._model[0]
+
+@patch(as_prop=True)
+def tokenizer(self:Experiment):
+    "The final model's tokenizer (loaded with it)."
+    self.model
+    return self._model[1]
+
+# %% ../nbs/12c_runs.ipynb #677ba899
+@patch
+def map(self:Experiment, which:str|None=None): # a samples table name (default: held-out, else training cities)
     "The interactive map of the run's location answers (hover a city for its truth, answer and error)."
     from wm_nb.interactive import interactive_error_map
     s = self.samples
     name = which or next((k for k in s if k.startswith('heldout_') and 'lat' in s[k]), None) or next((k for k in s if k.startswith('train_') and 'lat' in s[k]), None)
     if name is None or 'lat' not in s.get(name, {}): raise WMError(f"{self.name} has no location answers to draw (tables: {', '.join(s) or 'none'})")
     return interactive_error_map(s[name], f"{self.name}: {name.replace('_', ' ')}")
-
-Experiment.map = _map
-
-def load_experiment(path:str|Path)->Experiment: # an experiment folder (or its final/)
-    "Open a run: `load_experiment('outputs/experiments/default')`."
-    return Experiment(path)
 
 # %% ../nbs/12c_runs.ipynb #bc1f85b7
 def _headline(m:dict)->str:
@@ -90,11 +98,15 @@ def _rows_of_metrics(metrics:dict)->list[tuple]:
         for m in (metrics.get(key) or {}).values(): out.append((m.get('task'), m.get('split'), m.get('scored'), _headline(m)))
     return out
 
-def _summary_line(self:Experiment)->str:
+# %% ../nbs/12c_runs.ipynb #de758088
+@patch
+def summary_line(self:Experiment)->str:
+    "Tasks, parameters, steps and minutes of the run (or 'not finished')."
     m = self.metrics
     if not m: return 'not finished'
     return f"{', '.join(m.get('tasks', []))}; {m.get('params', 0):,} parameters; {m.get('global_step', 0):,} steps, {m.get('train_seconds', 0)/60:.1f} min"
 
+@patch
 def _repr_markdown_(self:Experiment)->str:
     m = self.metrics
     lines = [f"**{self.name}** ({self.path}): {self.summary_line()}", '', '| task | split | rows are | model (floor) |', '|---|---|---|---|']
@@ -103,10 +115,9 @@ def _repr_markdown_(self:Experiment)->str:
         lines += ['', 'time to map: ' + '; '.join(f"{t}: {v['minutes']:.1f} min, {v['rows_seen']:,} rows" if v['reached'] else f"{t}: not reached (best R² {v['best_r2']:.2f})" for t, v in m['time_to_map'].items())]
     return '\n'.join(lines)
 
-Experiment.summary_line, Experiment._repr_markdown_ = _summary_line, _repr_markdown_
-
 # %% ../nbs/12c_runs.ipynb #529be675
 _IDS = re.compile(r'c_(\d+)')
+_PROMPT = re.compile(r'^([a-z]+)\(')
 
 def _city_id(cities:Cities, c)->int:
     if isinstance(c, (int, np.integer)):
@@ -115,38 +126,7 @@ def _city_id(cities:Cities, c)->int:
     if isinstance(c, tuple): return cities.find(*c)
     return cities.find(str(c))
 
-def _ask(self:Experiment, cities=None, # a city or a list of cities (names, (name, country) or ids) for the task's prompt
-         task:str|None=None, # the task (default: the run's first task)
-         prompt:str|None=None, # or a raw prompt, e.g. 'dist(c_17,c_4)='
-         n:int=1, # walks: how many to sample
-         temperature:float=1.0, # walks: sampling temperature
-         seed:int=0)->pd.DataFrame:
-    "Ask the final model; returns one row per question with the prompt, the answer, the truth and the error."
-    from wm_nb.evaluate import generate_completions
-    man = self.metrics.get('tasks') or [self.config.data.task]
-    task = task or (next(iter(_PROMPT.match(prompt).groups()), None) if prompt and _PROMPT.match(prompt) else man[0])
-    t = get_task(task, **self._task_params(task))
-    if prompt is not None:
-        ids = np.array([[int(i) for i in _IDS.findall(prompt)]]) if t.kind != 'walk' else np.array([[int(_IDS.findall(prompt)[0])]])
-    else:
-        cs = [cities] if not isinstance(cities, list) else cities
-        ids = np.array([[_city_id(self.cities, c) for c in cs]])
-    if ids.size == 0 or (t.kind != 'walk' and not t.k[0] <= ids.shape[1] <= t.k[1]):
-        raise WMError(f"{task} asks about {t.k[0]}-{t.k[1]} cities, got {ids.shape[1]}: e.g. ask(['Paris', 'London'], task='dist')")
-    if (ids >= len(self.cities)).any(): raise WMError(f"there is no city c_{int(ids.max())}: ids run from 0 to {len(self.cities) - 1}")
-    if t.kind == 'walk': ids = np.repeat(ids, n, 0)
-    p = t.eval_prompts(ids) if prompt is None or t.kind == 'walk' else [prompt]
-    comp = generate_completions(self.model, self.tokenizer, p, max_new_tokens=t.max_new_tokens(len(self.cities)), sample=t.sampled,
-                                seed=seed, temperature=temperature)
-    m, table = t.score(self.cities, ids, comp) if t.kind != 'walk' else t.score(self.cities, ids, comp, seed=seed)
-    table.insert(0, 'prompt', p)
-    if t.kind == 'position': table = table.rename(columns={'error_km': 'error_km'})[['prompt', 'name', 'completion', 'lat', 'lon', 'pred_lat', 'pred_lon', 'error_km']]
-    elif t.kind == 'walk': table['hops_within_T'] = [_hops_ok(self.cities, x, t.threshold_km) for x in table.text]
-    else: table = table.assign(truth=[t.completions(np.array([v])).to_pylist()[0] if t.kind == 'category' else int(v) for v in table.true]).drop(columns=['true'])
-    return table
-
-_PROMPT = re.compile(r'^([a-z]+)\(')
-
+# %% ../nbs/12c_runs.ipynb #15beedbc
 def _hops_ok(cities, text, T):
     from wm_nb.walks import parse_walk
     from wm_nb.geo import haversine_km
@@ -154,6 +134,8 @@ def _hops_ok(cities, text, T):
     if w is None or len(w) < 2: return None
     return float((haversine_km(cities.lat[w[:-1]], cities.lon[w[:-1]], cities.lat[w[1:]], cities.lon[w[1:]]) <= T).mean())
 
+# %% ../nbs/12c_runs.ipynb #bedb2112
+@patch
 def _task_params(self:Experiment, task:str)->dict:
     "The parameters this run gave `task` (a walk's threshold and length): from its mixture spec, else its data options."
     d, keys = self.config.data, get_task(task).params
@@ -163,7 +145,57 @@ def _task_params(self:Experiment, task:str)->dict:
         return {k: e[k] for k in keys if k in e}
     return {k: getattr(d, k) for k in keys if hasattr(d, k)}
 
-Experiment.ask, Experiment._task_params = _ask, _task_params
+# %% ../nbs/12c_runs.ipynb #57801472
+@patch
+def _question_ids(self:Experiment, t, # the task
+                  cities=None, # a city or a list of cities
+                  prompt:str|None=None, # or a raw prompt
+                 )->np.ndarray:
+    "`(1, k)` city ids of one question."
+    if prompt is not None:
+        ids = np.array([[int(i) for i in _IDS.findall(prompt)]]) if t.kind != 'walk' else np.array([[int(_IDS.findall(prompt)[0])]])
+    else:
+        cs = [cities] if not isinstance(cities, list) else cities
+        ids = np.array([[_city_id(self.cities, c) for c in cs]])
+    if ids.size == 0 or (t.kind != 'walk' and not t.k[0] <= ids.shape[1] <= t.k[1]):
+        raise WMError(f"{t.name} asks about {t.k[0]}-{t.k[1]} cities, got {ids.shape[1]}: e.g. ask(['Paris', 'London'], task='dist')")
+    if (ids >= len(self.cities)).any(): raise WMError(f"there is no city c_{int(ids.max())}: ids run from 0 to {len(self.cities) - 1}")
+    return ids
+
+# %% ../nbs/12c_runs.ipynb #3946511a
+@patch
+def _answer_table(self:Experiment, t, ids:np.ndarray, # the task and the questions' city ids
+                  prompts:list[str], completions:list[str], # the prompts and the model's completions
+                  seed:int=0, # the walk scorer's seed
+                 )->pd.DataFrame:
+    "One row per question: prompt, completion, truth and error."
+    m, table = t.score(self.cities, ids, completions) if t.kind != 'walk' else t.score(self.cities, ids, completions, seed=seed)
+    table.insert(0, 'prompt', prompts)
+    if t.kind == 'position': table = table.rename(columns={'error_km': 'error_km'})[['prompt', 'name', 'completion', 'lat', 'lon', 'pred_lat', 'pred_lon', 'error_km']]
+    elif t.kind == 'walk': table['hops_within_T'] = [_hops_ok(self.cities, x, t.threshold_km) for x in table.text]
+    else: table = table.assign(truth=[t.completions(np.array([v])).to_pylist()[0] if t.kind == 'category' else int(v) for v in table.true]).drop(columns=['true'])
+    return table
+
+# %% ../nbs/12c_runs.ipynb #f755adff
+@patch
+def ask(self:Experiment, cities=None, # a city or a list of cities (names, (name, country) or ids) for the task's prompt
+        task:str|None=None, # the task (default: the run's first task)
+        prompt:str|None=None, # or a raw prompt, e.g. 'dist(c_17,c_4)='
+        n:int=1, # walks: how many to sample
+        temperature:float=1.0, # walks: sampling temperature
+        seed:int=0, # seed of the sampling
+       )->pd.DataFrame:
+    "Ask the final model; returns one row per question with the prompt, the answer, the truth and the error."
+    from wm_nb.evaluate import generate_completions
+    man = self.metrics.get('tasks') or [self.config.data.task]
+    task = task or (next(iter(_PROMPT.match(prompt).groups()), None) if prompt and _PROMPT.match(prompt) else man[0])
+    t = get_task(task, **self._task_params(task))
+    ids = self._question_ids(t, cities, prompt)
+    if t.kind == 'walk': ids = np.repeat(ids, n, 0)
+    p = t.eval_prompts(ids) if prompt is None or t.kind == 'walk' else [prompt]
+    comp = generate_completions(self.model, self.tokenizer, p, max_new_tokens=t.max_new_tokens(len(self.cities)), sample=t.sampled,
+                                seed=seed, temperature=temperature)
+    return self._answer_table(t, ids, p, comp, seed)
 
 # %% ../nbs/12c_runs.ipynb #81b5f1f4
 @call_parse
