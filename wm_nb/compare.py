@@ -13,7 +13,7 @@ from .core import WMError, cli_errors, write_json, output_file, check_replaceabl
 from .cities import Cities
 from .tasks import get_task
 from .trainer import load_model
-from .probe import POSITIONS, city_states, untrained_like
+from .probe import POSITIONS, POSITION_WORDS, city_states, untrained_like
 
 # %% auto #0
 __all__ = ['CKA_FILES', 'linear_cka', 'cka_of_noise', 'layer_cka', 'model_label', 'model_record', 'shared_cities',
@@ -256,7 +256,7 @@ def run_cka(paths:list, # two or more model folders
     s = cka_summary(recs, tasks, rule, idx, position, seed, table)
     with output_file(out/'cka.csv') as tmp: table.to_csv(tmp, index=False)
     write_json(s, out/'cka.json')
-    save_fig(plot_cka_matrices(table, f"linear CKA, {len(idx):,} cities, state {position} the id; prompts: {rule}"), out/'cka_matrix.png')
+    save_fig(plot_cka_matrices(table, f"linear CKA, {len(idx):,} cities, {POSITION_WORDS[position]}; prompts: {rule}"), out/'cka_matrix.png')
     save_fig(plot_cka_layers(table), out/'cka_layers.png')
     return dict(summary=s | dict(out=str(out)), table=table)
 
@@ -264,7 +264,7 @@ def run_cka(paths:list, # two or more model folders
 def format_cka(s:dict, # `run_cka`'s summary
               )->str:
     "The pairs' CKA per layer as text, with the prompts and the noise level."
-    lines = [f"linear CKA over {s['n_cities']:,} cities, state {s['position']} the id; prompts: {s['prompts']}"]
+    lines = [f"linear CKA over {s['n_cities']:,} cities, {POSITION_WORDS[s['position']]}; prompts: {s['prompts']}"]
     lines += [f"  {m['label']}: {m['prompt']} prompt, e.g. {m['prompt_example']} ({m['path']})" for m in s['models']]
     w = max(map(len, s['pairs']))
     lines.append(f"  {'pair':<{w}} {'kind':<13} " + ' '.join(f"{'L' + str(l):>5}" for l in range(s['layers'])) + '  noise')

@@ -17,13 +17,14 @@ import wm_nb.walks                                      # registers the walk tas
 from .trainer import load_model, snapshots
 
 # %% auto #0
-__all__ = ['POSITIONS', 'MAP_R2', 'probe_prompts', 'hidden_states', 'check_disjoint', 'probe_layers', 'untrained_like',
-           'city_states', 'run_probe', 'probe_split', 'plot_probe_layers', 'probe_table_frame',
+__all__ = ['POSITIONS', 'POSITION_WORDS', 'MAP_R2', 'probe_prompts', 'hidden_states', 'check_disjoint', 'probe_layers',
+           'untrained_like', 'city_states', 'run_probe', 'probe_split', 'plot_probe_layers', 'probe_table_frame',
            'plot_truth_probe_generated', 'plot_new_cities', 'probe_dir', 'probe_model', 'format_probe', 'time_to_map',
            'plot_probe_over_training', 'probe_experiment', 'multilaterate', 'multilateration_floor', 'wm_probe']
 
 # %% ../nbs/12_probe.ipynb #cc634aaa
 POSITIONS = ('after', 'concat', 'digit')
+POSITION_WORDS = {'after': 'state after the id', 'digit': "state at the id's last digit", 'concat': "the id's last digit and the token after it"}   # for reports
 
 def probe_prompts(task, # the `Task` whose prompt is read
                   idx, # city ids
@@ -377,7 +378,7 @@ def probe_model(checkpoint:str|Path, # a model folder
 # %% ../nbs/12_probe.ipynb #f3b94aa1
 def format_probe(s:dict)->str:
     "The per-layer tables as text."
-    lines = [f"probe of {s['checkpoint']} (state {s['position']} the id): fit on {s['n_fit']:,} cities, scored on {s['n_test']:,} ({s['test_cities']})"]
+    lines = [f"probe of {s['checkpoint']} ({POSITION_WORDS[s['position']]}): fit on {s['n_fit']:,} cities, scored on {s['n_test']:,} ({s['test_cities']})"]
     if s.get('crossed'): lines.insert(0, 'CROSSED: ' + '; '.join(s['crossed']))
     for name, t in s['tasks'].items():
         lines.append(f"  {name} prompt:  layer   R²  median km | untrained: R²  median km | shuffled coords: R²")
