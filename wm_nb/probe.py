@@ -426,7 +426,8 @@ def plot_probe_over_training(df:pd.DataFrame, # `probe_experiment`'s table
     ev = [(h['step']*per, h['eval_loss']) for h in history or [] if 'eval_loss' in h]
     if tr: axes[1].plot(*zip(*tr), lw=0.8, label='train loss')
     if ev: axes[1].plot(*zip(*ev), 'o-', ms=3, label='validation loss')
-    axes[1].set(ylabel='cross-entropy'); axes[1].legend(fontsize=8)
+    axes[1].set(ylabel='cross-entropy')
+    if tr or ev: axes[1].legend(fontsize=8)
     if metric_keys:
         for k in metric_keys:
             pts = [(h['step']*per, h[k]) for h in history if k in h]
