@@ -129,7 +129,8 @@ def expected_hover(row) -> dict:
 def test_hover_shows_a_citys_values(table, pages):
     d = city_data(pages[0])
     err = table.error_km.to_numpy()
-    picks = {int(np.nanargmax(err)), int(np.nanargmin(err)), int(np.flatnonzero(~np.isfinite(err))[0]),
+    unparsed = np.flatnonzero(~np.isfinite(err))[:1]      # a city whose answer did not parse, where the run has one (the notebook checks that case too)
+    picks = {int(np.nanargmax(err)), int(np.nanargmin(err)), *map(int, unparsed),
              int(np.argmin(np.abs(table.lon.to_numpy() - 179))), 0, len(table) - 1}
     where = {int(c): k for k, c in enumerate(d['city'])}
     for i in sorted(picks):
