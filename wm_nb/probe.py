@@ -485,8 +485,7 @@ def probe_experiment(exp:str|Path, # an experiment folder with snapshots/
     info = trained_on(snaps[0])
     if info is None: raise WMError(f"{exp} does not record its dataset (no wm_dataset.json): was it written by wm_train?")
     dsd, man, cities = load_dataset(info['path'])
-    params = {k: e['params'] for k, e in man['spec']['tasks'].items()}
-    tasks = list(tasks or man['tasks'])
+    params, tasks = _probe_tasks(man, tasks)
     fit, test, what = probe_split(man, len(cities), n_test, seed)
     df = _probe_snapshots(snaps, tasks, params, cities, fit, test, position, seed, batch_size, progress)
     out = exp/'probe'/'over_training'

@@ -137,13 +137,10 @@ def _hops_ok(cities, text, T):
 # %% ../nbs/12c_runs.ipynb #bedb2112
 @patch
 def _task_params(self:Experiment, task:str)->dict:
-    "The parameters this run gave `task` (a walk's threshold and length): from its mixture spec, else its data options."
-    d, keys = self.config.data, get_task(task).params
-    spec = d.mixture
-    if isinstance(spec, dict) and task in spec.get('tasks', {}):
-        e = spec['tasks'][task] or {}
-        return {k: e[k] for k in keys if k in e}
-    return {k: getattr(d, k) for k in keys if hasattr(d, k)}
+    "The parameters this run gave `task` (a walk's threshold and length), from the dataset spec `wm_train` built it with (`train.data_spec`)."
+    from wm_nb.train import data_spec
+    e = data_spec(self.config)['tasks'].get(task)
+    return dict(e['params']) if e else {}
 
 # %% ../nbs/12c_runs.ipynb #57801472
 @patch
