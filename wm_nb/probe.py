@@ -244,10 +244,17 @@ def plot_new_cities(table:pd.DataFrame, # per-city rows of the new cities: lat, 
     return fig, ax
 
 # %% ../nbs/12_probe.ipynb #86d27348
-def probe_dir(checkpoint:Path, dataset:Path)->Path:
-    "Default output folder of a probe: `<experiment>/probe/<checkpoint>_<dataset>`."
+def _position_suffix(position:str)->str:
+    "What names the outputs of a probe at `position`: nothing for the default, `_<position>` for another, so that one never overwrites the other."
+    return '' if position == 'after' else f'_{position}'
+
+def probe_dir(checkpoint:Path, # the probed model folder
+              dataset:Path, # the dataset whose prompts are read
+              position:str='after', # the state's position (see `probe_prompts`)
+             )->Path:
+    "Default output folder of a probe: `<experiment>/probe/<checkpoint>_<dataset>[_<position>]`."
     from wm_nb.evaluate import eval_dir
-    return eval_dir(checkpoint, dataset, 'x').parent.parent/'probe'/f"{Path(checkpoint).resolve().name}_{Path(dataset).name}"
+    return eval_dir(checkpoint, dataset, 'x').parent.parent/'probe'/f"{Path(checkpoint).resolve().name}_{Path(dataset).name}{_position_suffix(position)}"
 
 def _probe_files(tasks:list[str])->list[str]:
     "Every file a probe of `tasks` may write."
@@ -362,7 +369,7 @@ def probe_model(checkpoint:str|Path, # a model folder
     fit, test, what = probe_split(man, len(cities), n_test, seed)
     new = np.asarray(man.get('new_cities', []), np.int64)
     src = load_model(probe_from)[0] if probe_from else None
-    out = Path(out) if out else probe_dir(checkpoint, dataset)
+    out = Path(out) if out else probe_dir(checkpoint, dataset, position)
     for f in _probe_files(tasks): check_replaceable(out/f)                                  # all of them before anything is computed
     tables, summary = [], dict(checkpoint=str(checkpoint), dataset=str(dataset), position=position, n_fit=int(len(fit)), n_test=int(len(test)),
                               test_cities=what, seed=seed, crossed=cross, probe_from=str(probe_from) if probe_from else None, tasks={})
@@ -488,7 +495,7 @@ def probe_experiment(exp:str|Path, # an experiment folder with snapshots/
     params, tasks = _probe_tasks(man, tasks)
     fit, test, what = probe_split(man, len(cities), n_test, seed)
     df = _probe_snapshots(snaps, tasks, params, cities, fit, test, position, seed, batch_size, progress)
-    out = exp/'probe'/'over_training'
+    out = exp/'probe'/f'over_training{_position_suffix(position)}'
     with output_file(out/'probe_over_training.csv') as tmp: df.to_csv(tmp, index=False)
     hist = read_json(exp/'log_history.json') if (exp/'log_history.json').exists() else []
     ttm = time_to_map(df)
@@ -497,7 +504,7 @@ def probe_experiment(exp:str|Path, # an experiment folder with snapshots/
     save_fig(plot_probe_over_training(df, hist, f"{exp.name}: probe R² on {len(test):,} test cities ({what})"), out/'probe_over_training.png')
     write_json(summary, out/'probe_over_training.json')
     if (exp/'metrics.json').exists():
-        m = read_json(exp/'metrics.json'); m['time_to_map'] = ttm; write_json(m, exp/'metrics.json')
+        m = read_json(exp/'metrics.json'); m[f'time_to_map{_position_suffix(position)}'] = ttm; write_json(m, exp/'metrics.json')
     summary['out'] = str(out)
     return summary
 
@@ -544,7 +551,7 @@ def multilateration_floor(cities:Cities, # the city table
 def wm_probe(path:str,                # a model folder (final/, checkpoint-N/, snapshots/step-N/) or an experiment folder with snapshots/
              dataset:str=None,        # dataset folder (default: the one the model was trained on)
              tasks:str=None,          # comma-separated tasks whose prompts are probed (default: every task the model was trained on)
-             out:str=None,            # output folder (default: <experiment>/probe/<checkpoint>_<dataset>)
+             out:str=None,            # output folder (default: <experiment>/probe/<checkpoint>_<dataset>, then _<position> if not 'after')
              n_test:int=500,          # cities left out of the probe's fit when the dataset holds none out
              position:str='after',    # state at the token after the id ('after'), the last digit ('digit') or both ('concat')
              probe_from:str=None,     # fit the probes on this model folder's states (e.g. before fine-tuning) and apply them to PATH's
