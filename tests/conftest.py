@@ -1,11 +1,10 @@
 """Shared fixtures and helpers for the wm_nb test suite.
 
-Helpers that tests need as plain functions are exposed through fixtures (``cli``, ``tree_hashes``,
-``gc_km``) so that no test module has to import from ``conftest``.
+Helpers that tests need as plain functions are exposed through fixtures (``cli``, ``hashes``, ``great_circle_km``)
+so that no test module has to import from ``conftest``; the plainer ones live in ``helpers.py``.
 """
 from __future__ import annotations
-import hashlib, os, shutil, subprocess, sys
-from pathlib import Path
+import os, shutil, subprocess
 
 import matplotlib
 matplotlib.use('Agg')   # before anything imports pyplot
@@ -13,7 +12,7 @@ matplotlib.use('Agg')   # before anything imports pyplot
 import numpy as np
 import pytest
 
-BIN = Path(sys.executable).parent
+from helpers import BIN, tree as tree_hashes   # shared with the test modules that import them
 
 
 def script(name: str) -> str:
@@ -43,15 +42,6 @@ def popen_cli(prog: str, *args, cwd, env: dict | None = None) -> subprocess.Pope
     "Start console script `prog` in the background (stdout/stderr captured as text)."
     return subprocess.Popen([script(prog), *map(str, args)], cwd=cwd, env=env or cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    "`{relative path: sha256}` of every file under `root` (hidden ones included)."
-    root = Path(root)
-    out = {}
-    for p in sorted(root.rglob('*')):
-        if p.is_file(): out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def gc_km(lat1, lon1, lat2, lon2):

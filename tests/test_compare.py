@@ -1,28 +1,19 @@
 """Linear CKA between models (`wm_nb.compare`, `wm_cka`): CKA on synthetic representations whose value is known, and the
 console script end to end on two baby models trained through the CLI (plus a third on another city table), with its
 one-line refusals."""
-import json, os, re, subprocess, sys
-from pathlib import Path
+import json, re
 import numpy as np
 import pandas as pd
 import pytest
 from wm_nb.compare import linear_cka, cka_of_noise, layer_cka
 from wm_nb.core import WMError
 
-BIN = Path(sys.executable).parent
-ENV = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', MPLBACKEND='Agg', OMP_NUM_THREADS='1')
+from helpers import ENV as _ENV, run as _run, one_error_line
+
+ENV = dict(_ENV, OMP_NUM_THREADS='1')   # the CKA and walk-test scripts run single-threaded here
 
 
-def run(*args, cwd, timeout=600):
-    return subprocess.run([str(BIN/args[0]), *map(str, args[1:])], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV)
-
-
-def one_error_line(r, prog='wm_cka'):
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-3000:])
-    assert 'Traceback' not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f'{prog}: error: '), r.stderr
-    return lines[0]
+def run(*args, **kw): return _run(*args, env=ENV, **kw)
 
 
 # --- CKA on synthetic representations -------------------------------------------------------------------------------
@@ -153,10 +144,10 @@ def test_bad_inputs_refused_before_any_work(models):
 
 def test_cli_errors_are_one_line_and_nothing_written(models):
     d, dist, angle, dist50 = models
-    assert 'different city tables' in one_error_line(run('wm_cka', dist, dist50, cwd=d))
-    assert 'give two or more' in one_error_line(run('wm_cka', dist, cwd=d))
+    assert 'different city tables' in one_error_line(run('wm_cka', dist, dist50, cwd=d), 'wm_cka')
+    assert 'give two or more' in one_error_line(run('wm_cka', dist, cwd=d), 'wm_cka')
     foreign = d/'mine'; foreign.mkdir(); (foreign/'cka_layers.png').write_text('my notes\n')   # the last file written
-    line = one_error_line(run('wm_cka', dist, angle, '--out', foreign, cwd=d))
+    line = one_error_line(run('wm_cka', dist, angle, '--out', foreign, cwd=d), 'wm_cka')
     assert 'not written by wm_nb' in line and (foreign/'cka_layers.png').read_text() == 'my notes\n'
     assert sorted(p.name for p in foreign.iterdir()) == ['cka_layers.png']  # refused before anything was computed or written
     assert not (d/'outputs'/'cka'/'dist_baby__dist50').exists()

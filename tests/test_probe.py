@@ -1,26 +1,12 @@
 """Does it learn the map: the held-out walk mix, wm_probe with its controls on any task's prompt and across training
 snapshots, walk validity and the walk-neighbour floor, through the CLI on the tiny `walk_loc_baby` config, plus leakage
 checks."""
-import json, os, subprocess, sys
-from pathlib import Path
+import json
 import numpy as np
 import pandas as pd
 import pytest
 
-BIN = Path(sys.executable).parent
-ENV = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', MPLBACKEND='Agg', PYTHONUNBUFFERED='1')
-
-
-def run(*args, cwd, timeout=600):
-    return subprocess.run([str(BIN/args[0]), *map(str, args[1:])], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV)
-
-
-def one_error_line(r, prog):
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-3000:])
-    assert 'Traceback' not in r.stderr, r.stderr
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f'{prog}: error: '), r.stderr
-    return lines[0]
+from helpers import run, one_error_line
 
 
 @pytest.fixture(scope='module')

@@ -1,15 +1,8 @@
 """After the run: load_experiment, ask by name, load_runs, plot_runs and wm_sample on a real (tiny) run, through the CLI."""
-import json, os, subprocess, sys
-from pathlib import Path
 import numpy as np
 import pytest
 
-BIN = Path(sys.executable).parent
-ENV = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', MPLBACKEND='Agg', PYTHONUNBUFFERED='1')
-
-
-def run(*args, cwd, timeout=600):
-    return subprocess.run([str(BIN/args[0]), *map(str, args[1:])], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV)
+from helpers import run
 
 
 @pytest.fixture(scope='module')

@@ -1,31 +1,13 @@
 """Nothing lost: every command that replaces a folder or a file replaces only what wm_nb itself wrote (its ledger,
 `.wm_nb.json`, lists it with the hash it still has) and refuses anything else with one line naming the path, leaving
 the user's files untouched; and replacing its own earlier output still works."""
-import hashlib, json, os, subprocess, sys
+import json
 from pathlib import Path
 import pytest
 
-BIN = Path(sys.executable).parent
-ENV = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', HF_DATASETS_OFFLINE='1', MPLBACKEND='Agg', PYTHONUNBUFFERED='1')
+from helpers import run, tree, one_error_line as refused   # refused(r, prog, needle, cwd, before)
+
 MINE = 'years of work, not written by wm_nb'
-
-
-def run(*args, cwd, timeout=600):
-    return subprocess.run([str(BIN/args[0]), *map(str, args[1:])], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV)
-
-
-def tree(root: Path) -> dict:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(root).rglob('*')) if p.is_file()}
-
-
-def refused(r, prog, needle, cwd, before):
-    "Exit 2, stderr exactly one line naming `needle`, no traceback, and not a byte changed under `cwd`."
-    assert r.returncode == 2, (r.returncode, r.stdout[-1500:], r.stderr[-3000:])
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f'{prog}: error: ') and 'Traceback' not in r.stderr, r.stderr
-    assert str(needle) in lines[0], lines[0]
-    assert tree(cwd) == before, "a refused command wrote, changed or deleted files"
-    return lines[0]
 
 
 def user_folder(path: Path) -> Path:

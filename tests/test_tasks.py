@@ -1,17 +1,12 @@
 """Tasks and mixtures from the command line: mixture specs with held-out and new cities build with their manifests and
 splits; datasets written by wm_nb 0.1 still load; every task trains from its baby config; and the task registry is
 the only place a task is defined."""
-import json, os, subprocess, sys
+import json
 from pathlib import Path
 import numpy as np
 import pytest
 
-BIN = Path(sys.executable).parent
-ENV = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', MPLBACKEND='Agg', PYTHONUNBUFFERED='1')
-
-
-def run(*args, cwd, timeout=600):
-    return subprocess.run([str(BIN/args[0]), *map(str, args[1:])], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV)
+from helpers import run
 
 
 SPEC = """seed: 3

@@ -2,33 +2,18 @@
 learning rate 0 does not), a final/ folder that plain transformers calls use correctly, SIGKILL mid-training then
 --resume (only the remaining steps run, earlier checkpoints untouched), 2 processes under torchrun against 1 (equal
 weights), fine-tuning from a checkpoint, tracking with the resolved config, and the one-line errors of the model side."""
-import hashlib, json, os, re, shutil, signal, subprocess, sys, time
+import hashlib, json, re, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import pytest
 
-BIN = Path(sys.executable).parent
-ENV = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', MPLBACKEND='Agg', WANDB_MODE='', PYTHONUNBUFFERED='1')
+from helpers import BIN, ENV as _ENV, run as _run, tree, one_error_line
+
+ENV = dict(_ENV, WANDB_MODE='')   # tracking stays off unless a test turns it on
 ENV.pop('WANDB_API_KEY', None)
 
 
-def run(*args, cwd, timeout=600, env=None):
-    return subprocess.run([str(BIN/args[0]), *map(str, args[1:])], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env or ENV)
-
-
-def tree(root: Path) -> dict:
-    "Every file under `root` with its content hash (to prove that nothing was written)."
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(root).rglob('*')) if p.is_file()}
-
-
-def one_error_line(r, prog, cwd=None, before=None):
-    "A refused command: exit status 2, stderr exactly one line `prog: error: ...`, no traceback, nothing written."
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-3000:])
-    assert 'Traceback' not in r.stderr, r.stderr
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f'{prog}: error: '), f"stderr should be one line, got {r.stderr!r}"
-    if before is not None: assert tree(cwd) == before, "a refused command wrote or changed files"
-    return lines[0]
+def run(*args, env=None, **kw): return _run(*args, env=env or ENV, **kw)
 
 
 def weights(path):
@@ -268,9 +253,9 @@ def test_other_data_is_refused_unless_asked(baby, tmp_path):
     dist = tmp_path/'ds'/'dist_100kplus_first32_50_42'
     before = tree(tmp_path)
     for prog in ('wm_eval', 'wm_probe'):
-        line = one_error_line(run(prog, final, '--dataset', other, cwd=tmp_path), prog, tmp_path, before)
+        line = one_error_line(run(prog, final, '--dataset', other, cwd=tmp_path), prog, cwd=tmp_path, before=before)
         assert 'city table' in line and '--allow_other_data' in line
-    line = one_error_line(run('wm_eval', final, '--dataset', dist, cwd=tmp_path), 'wm_eval', tmp_path, before)
+    line = one_error_line(run('wm_eval', final, '--dataset', dist, cwd=tmp_path), 'wm_eval', cwd=tmp_path, before=before)
     assert 'task dist (the model was trained on loc)' in line
     r = run('wm_eval', final, '--dataset', other, '--allow_other_data', '--out', tmp_path/'crossed', cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.startswith('CROSSED: city table')
@@ -294,7 +279,7 @@ def test_bad_inputs(baby, tmp_path):
     ]
     for args, needle in cases:
         before = tree(tmp_path)
-        line = one_error_line(run(*args, cwd=tmp_path), args[0], tmp_path, before)
+        line = one_error_line(run(*args, cwd=tmp_path), args[0], cwd=tmp_path, before=before)
         assert needle in line, (args, line)
 
 
@@ -303,7 +288,7 @@ def test_config_that_disagrees_with_its_weights_is_one_line(baby, tmp_path):
     c = json.loads((bad/'config.json').read_text()); c['vocab_size'] = 40; (bad/'config.json').write_text(json.dumps(c))
     before = tree(tmp_path)
     for prog in ('wm_eval', 'wm_probe'):
-        line = one_error_line(run(prog, bad, cwd=tmp_path), prog, tmp_path, before)
+        line = one_error_line(run(prog, bad, cwd=tmp_path), prog, cwd=tmp_path, before=before)
         assert str(bad) in line and 'model.embed_tokens.weight is [44, 32] in model.safetensors but the config implies [40, 32]' in line, line
     tok = tmp_path/'badtok'; shutil.copytree(exp_of(baby)/'final', tok)        # a tokenizer whose vocabulary is not the model's
     tj = json.loads((tok/'tokenizer.json').read_text()); tj['model']['vocab']['zz'] = 44; (tok/'tokenizer.json').write_text(json.dumps(tj))

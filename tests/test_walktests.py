@@ -1,8 +1,7 @@
 """Walk models as world models (`wm_nb.walktests`, `wm_walktest`): pair construction checked against the package's
 neighbour graph and great-circle distances, the model scorer against plain teacher forcing, perfect and untrained
 scorers at the ceiling and the floor, and the console script end to end on a walk-only baby trained through the CLI."""
-import json, os, re, subprocess, sys
-from pathlib import Path
+import json, re
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,23 +11,15 @@ from wm_nb.geo import haversine_km
 from wm_nb.walktests import (BANDS, pool_graph, valid_next, is_walk, compression_pairs, distinction_pairs, distance_band, digit_table,
                              next_city_logprobs, model_scorer, process_scorer, walk_tests, reorder)
 
-BIN = Path(sys.executable).parent
-ENV = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', MPLBACKEND='Agg', OMP_NUM_THREADS='1')
+from helpers import ENV as _ENV, run as _run, one_error_line
+
+ENV = dict(_ENV, OMP_NUM_THREADS='1')   # the CKA and walk-test scripts run single-threaded here
 WALK_BABY = ['dist_baby', '--name', 'walk_baby', '--data.task', 'walk', '--data.threshold_km', '1000', '--data.max_cities', '300',
              '--data.n_train', '3000', '--data.n_val', '32', '--data.max_len', '12', '--model.max_position_embeddings', '128',
              '--train.epochs', '2', '--train.group_by_length', 'true']
 
 
-def run(*args, cwd, timeout=600):
-    return subprocess.run([str(BIN/args[0]), *map(str, args[1:])], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV)
-
-
-def one_error_line(r, prog='wm_walktest'):
-    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-3000:])
-    assert 'Traceback' not in r.stderr, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f'{prog}: error: '), r.stderr
-    return lines[0]
+def run(*args, **kw): return _run(*args, env=ENV, **kw)
 
 
 @pytest.fixture(scope='module')
@@ -224,10 +215,10 @@ def test_bad_inputs_refused_before_any_work(trained):
 
 def test_cli_errors_are_one_line(trained):
     d, walk, dist = trained
-    assert 'was not trained on walks' in one_error_line(run('wm_walktest', dist, cwd=d))
-    assert '--epsilon' in one_error_line(run('wm_walktest', walk, '--epsilon', '2', cwd=d))
+    assert 'was not trained on walks' in one_error_line(run('wm_walktest', dist, cwd=d), 'wm_walktest')
+    assert '--epsilon' in one_error_line(run('wm_walktest', walk, '--epsilon', '2', cwd=d), 'wm_walktest')
     mine = d/'mine'; mine.mkdir(); (mine/'walktest.json').write_text('{}\n')      # the last file written
-    line = one_error_line(run('wm_walktest', walk, '--n_pairs', '2', '--out', mine, cwd=d))
+    line = one_error_line(run('wm_walktest', walk, '--n_pairs', '2', '--out', mine, cwd=d), 'wm_walktest')
     assert 'not written by wm_nb' in line and sorted(p.name for p in mine.iterdir()) == ['walktest.json']
 
 
