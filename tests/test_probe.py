@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import run, one_error_line
+from helpers import run, one_error_line, tree
 
 
 @pytest.fixture(scope='module')
@@ -214,6 +214,10 @@ def test_probe_bad_inputs(mix, tmp_path):
     assert 'not a model folder' in one_error_line(run('wm_probe', tmp_path, cwd=tmp_path), 'wm_probe')
     assert '--position must be' in one_error_line(run('wm_probe', exp/'final', '--position', 'middle', cwd=tmp_path), 'wm_probe')
     assert "--tasks dist: the dataset has no dist rows" in one_error_line(run('wm_probe', exp/'final', '--tasks', 'dist', cwd=tmp_path), 'wm_probe')
+    before = tree(exp)   # an experiment's probe takes no single-model options: refused, not silently ignored, and nothing written
+    line = one_error_line(run('wm_probe', exp, '--out', tmp_path/'o', '--probe_from', exp/'final', cwd=tmp_path), 'wm_probe', cwd=exp, before=before)
+    assert '--out, --probe_from apply to one model folder' in line and 'probe/over_training/' in line, line
+    assert not (tmp_path/'o').exists()
     assert 'heldout.n must be between 1 and' in one_error_line(run('wm_dataset', 'loc', '--all', '--n_heldout', '7000', '--out', tmp_path/'m', cwd=tmp_path), 'wm_dataset')
     assert not (tmp_path/'m').exists()
 

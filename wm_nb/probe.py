@@ -551,7 +551,7 @@ def multilateration_floor(cities:Cities, # the city table
 def wm_probe(path:str,                # a model folder (final/, checkpoint-N/, snapshots/step-N/) or an experiment folder with snapshots/
              dataset:str=None,        # dataset folder (default: the one the model was trained on)
              tasks:str=None,          # comma-separated tasks whose prompts are probed (default: every task the model was trained on)
-             out:str=None,            # output folder (default: <experiment>/probe/<checkpoint>_<dataset>, then _<position> if not 'after')
+             out:str=None,            # a model's output folder (default: <experiment>/probe/<checkpoint>_<dataset>, then _<position> if not 'after'); an experiment's is <experiment>/probe/over_training[_<position>]
              n_test:int=500,          # cities left out of the probe's fit when the dataset holds none out
              position:str='after',    # state at the token after the id ('after'), the last digit ('digit') or both ('concat')
              probe_from:str=None,     # fit the probes on this model folder's states (e.g. before fine-tuning) and apply them to PATH's
@@ -563,6 +563,9 @@ def wm_probe(path:str,                # a model folder (final/, checkpoint-N/, s
         ts = [t.strip() for t in tasks.split(',')] if tasks else None
         p = Path(path)
         if not (p/'config.json').exists() and ((p/'snapshots').is_dir() or (p/'config.yaml').exists()):   # an experiment folder
+            single = [f'--{k}' for k, v in [('dataset', dataset), ('out', out), ('probe_from', probe_from), ('allow_other_data', allow_other_data)] if v]
+            if single: raise WMError(f"{', '.join(single)} apply to one model folder, not to an experiment (its probes go to {p}/probe/over_training{_position_suffix(position)}/): "
+                                     f"probe a snapshot or final/ instead, e.g. wm_probe {p}/final {' '.join(single)} ...")
             s = probe_experiment(p, ts, position, n_test, seed, batch_size)
             for task, t in s['time_to_map'].items():
                 print(f"{task}: " + (f"map (R² >= {MAP_R2}) at step {t['step']:,}, {t['rows_seen']:,} rows, {t['minutes']:.1f} min (R² {t['r2']:.2f})" if t['reached']
