@@ -256,6 +256,10 @@ def probe_dir(checkpoint:Path, # the probed model folder
     from wm_nb.evaluate import eval_dir
     return eval_dir(checkpoint, dataset, 'x').parent.parent/'probe'/f"{Path(checkpoint).resolve().name}_{Path(dataset).name}{_position_suffix(position)}"
 
+def _over_training_dir(exp:Path, position:str)->Path:
+    "Where an experiment's probes across training go: `<experiment>/probe/over_training[_<position>]`."
+    return Path(exp)/'probe'/f'over_training{_position_suffix(position)}'
+
 def _probe_files(tasks:list[str])->list[str]:
     "Every file a probe of `tasks` may write."
     return ['probe_layers.csv', 'probe.json', 'probe_vs_generated.png',
@@ -495,7 +499,7 @@ def probe_experiment(exp:str|Path, # an experiment folder with snapshots/
     params, tasks = _probe_tasks(man, tasks)
     fit, test, what = probe_split(man, len(cities), n_test, seed)
     df = _probe_snapshots(snaps, tasks, params, cities, fit, test, position, seed, batch_size, progress)
-    out = exp/'probe'/f'over_training{_position_suffix(position)}'
+    out = _over_training_dir(exp, position)
     with output_file(out/'probe_over_training.csv') as tmp: df.to_csv(tmp, index=False)
     hist = read_json(exp/'log_history.json') if (exp/'log_history.json').exists() else []
     ttm = time_to_map(df)
@@ -564,7 +568,7 @@ def wm_probe(path:str,                # a model folder (final/, checkpoint-N/, s
         p = Path(path)
         if not (p/'config.json').exists() and ((p/'snapshots').is_dir() or (p/'config.yaml').exists()):   # an experiment folder
             single = [f'--{k}' for k, v in [('dataset', dataset), ('out', out), ('probe_from', probe_from), ('allow_other_data', allow_other_data)] if v]
-            if single: raise WMError(f"{', '.join(single)} apply to one model folder, not to an experiment (its probes go to {p}/probe/over_training{_position_suffix(position)}/): "
+            if single: raise WMError(f"{', '.join(single)} apply to one model folder, not to an experiment (its probes go to {_over_training_dir(p, position)}/): "
                                      f"probe a snapshot or final/ instead, e.g. wm_probe {p}/final {' '.join(single)} ...")
             s = probe_experiment(p, ts, position, n_test, seed, batch_size)
             for task, t in s['time_to_map'].items():
